@@ -1,0 +1,1 @@
+"""I/O adapters: HTTP through requests, storage, and the system clock."""

@@ -1,0 +1,121 @@
+"""HTTP adapter: sends HttpRequest values with one requests.Session."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import requests
+
+from flowengine.errors import ProtocolError, TransportError
+from flowengine.oauth.http import HttpRequest, HttpResponse
+from flowengine.redaction import redact_url
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+_CHUNK_BYTES = 16 << 10
+
+
+class HttpClient:
+    """Send requests with connect and read timeouts, and a body size cap.
+
+    Args:
+        timeout: (connect, read) timeouts in seconds. The read timeout also
+            bounds the whole body: a server that sends a trickle of bytes is
+            cut off once the read timeout has passed since the headers.
+        max_body: responses larger than this many bytes are rejected.
+        session: a requests.Session to reuse; one is created if omitted.
+    """
+
+    def __init__(
+        self,
+        timeout: tuple[float, float] = (3.05, 10.0),
+        *,
+        max_body: int = MAX_BODY_BYTES,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.max_body = max_body
+        self.session = session or requests.Session()
+        # Authorization servers and resources are configured explicitly; a
+        # proxy from the environment would see every token.
+        self.session.trust_env = False
+
+    def send(self, request: HttpRequest) -> HttpResponse:
+        """Send `request` and return the whole response.
+
+        Redirects are not followed: a token endpoint or resource that
+        redirects is answered as it is.
+
+        Raises:
+            TransportError: connection failure, timeout or reset.
+            ProtocolError: the body is larger than `max_body`.
+        """
+        url = redact_url(request.url)
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=request.body,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout as exc:
+            raise TransportError(
+                f"{request.method} {url} timed out after {self._describe_timeout()}",
+                url=url,
+            ) from exc
+        except requests.RequestException as exc:
+            raise TransportError(
+                f"{request.method} {url} failed: {type(exc).__name__}", url=url
+            ) from exc
+
+        with response:
+            body = self._read_body(response, url, started)
+        logger.info(
+            "%s %s -> %s (%.0f ms)",
+            request.method,
+            url,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return HttpResponse(response.status_code, dict(response.headers), body)
+
+    def _read_body(
+        self, response: requests.Response, url: str, started: float
+    ) -> bytes:
+        deadline = started + self.timeout[0] + self.timeout[1]
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > self.max_body:
+                    raise ProtocolError(
+                        f"response from {url} is larger than {self.max_body} bytes",
+                        status=response.status_code,
+                    )
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TransportError(
+                        f"response body from {url} did not finish within "
+                        f"{self._describe_timeout()}",
+                        url=url,
+                    )
+        except requests.RequestException as exc:
+            raise TransportError(
+                f"reading the response from {url} failed: {type(exc).__name__}",
+                url=url,
+            ) from exc
+        return b"".join(chunks)
+
+    def _describe_timeout(self) -> str:
+        connect, read = self.timeout
+        return f"{connect:g} s to connect and {read:g} s to read"
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,69 @@
+"""In-memory store: flows and audit trails in this process only."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+
+from flowengine.errors import ConflictError, FlowNotFoundError
+from flowengine.records import AuditEvent, FlowRecord
+
+
+class MemoryStore:
+    """Keep flows in dictionaries, for tests, the REPL and single processes.
+
+    Records and events are immutable and their data and details are copied
+    on the way in and out, so a caller cannot change a stored flow except
+    through `commit`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, FlowRecord] = {}
+        self._events: dict[str, list[AuditEvent]] = {}
+
+    def create(self, record: FlowRecord, event: AuditEvent) -> None:
+        with self._lock:
+            if record.id in self._records:
+                raise ConflictError(record.id, -1)
+            self._records[record.id] = _copy(record)
+            self._events[record.id] = [_copy_event(event)]
+
+    def load(self, flow_id: str) -> FlowRecord:
+        with self._lock:
+            record = self._records.get(flow_id)
+        if record is None:
+            raise FlowNotFoundError(flow_id)
+        return _copy(record)
+
+    def commit(self, record: FlowRecord, event: AuditEvent) -> None:
+        with self._lock:
+            current = self._records.get(record.id)
+            if current is None:
+                raise FlowNotFoundError(record.id)
+            if current.version != record.version - 1:
+                raise ConflictError(record.id, record.version - 1)
+            self._records[record.id] = _copy(record)
+            self._events[record.id].append(_copy_event(event))
+
+    def events(self, flow_id: str) -> list[AuditEvent]:
+        with self._lock:
+            if flow_id not in self._events:
+                raise FlowNotFoundError(flow_id)
+            return [_copy_event(e) for e in self._events[flow_id]]
+
+    def flows(self) -> list[FlowRecord]:
+        with self._lock:
+            return [_copy(r) for r in self._records.values()]
+
+    def close(self) -> None:
+        """Release nothing: present so every store closes the same way."""
+
+
+def _copy(record: FlowRecord) -> FlowRecord:
+    return dataclasses.replace(record, data=copy.deepcopy(dict(record.data)))
+
+
+def _copy_event(event: AuditEvent) -> AuditEvent:
+    return dataclasses.replace(event, details=copy.deepcopy(dict(event.details)))

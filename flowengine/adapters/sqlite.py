@@ -1,0 +1,213 @@
+"""SQLite store: the default, a single file that survives restarts.
+
+Each commit is one `BEGIN IMMEDIATE` transaction holding the compare-and-set
+update of the flow and the insert of its audit event, so several threads or
+processes on one host can share the file safely.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from flowengine.errors import ConflictError, FlowNotFoundError
+from flowengine.records import AuditEvent, FlowRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flows (
+    id TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_events (
+    flow_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    source TEXT,
+    destination TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    details TEXT NOT NULL,
+    PRIMARY KEY (flow_id, sequence)
+);
+"""
+
+_FLOW_COLUMNS = "id, definition, state, version, created_at, updated_at, data"
+_EVENT_COLUMNS = (
+    "flow_id, sequence, time, trigger, source, destination, outcome, details"
+)
+
+
+class SQLiteStore:
+    """Keep flows and audit events in one SQLite database file.
+
+    Args:
+        path: the database file, created with its parent folder if missing;
+            ":memory:" keeps a private database per thread (for tests only).
+        timeout: seconds a writer waits for another writer's lock.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        # executescript() first commits any open transaction, so it cannot run
+        # inside _transaction. Each CREATE ... IF NOT EXISTS is atomic alone.
+        self._connection().executescript(_SCHEMA)
+
+    def create(self, record: FlowRecord, event: AuditEvent) -> None:
+        with self._transaction() as conn:
+            try:
+                conn.execute(
+                    f"INSERT INTO flows ({_FLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _flow_row(record),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(record.id, -1) from exc
+            _insert_event(conn, event)
+
+    def load(self, flow_id: str) -> FlowRecord:
+        row = (
+            self._connection()
+            .execute(f"SELECT {_FLOW_COLUMNS} FROM flows WHERE id = ?", (flow_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise FlowNotFoundError(flow_id)
+        return _record(row)
+
+    def commit(self, record: FlowRecord, event: AuditEvent) -> None:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE flows SET state = ?, version = ?, updated_at = ?, data = ? "
+                "WHERE id = ? AND version = ?",
+                (
+                    record.state,
+                    record.version,
+                    record.updated_at,
+                    json.dumps(dict(record.data)),
+                    record.id,
+                    record.version - 1,
+                ),
+            )
+            if cursor.rowcount != 1:
+                exists = conn.execute(
+                    "SELECT 1 FROM flows WHERE id = ?", (record.id,)
+                ).fetchone()
+                if exists is None:
+                    raise FlowNotFoundError(record.id)
+                raise ConflictError(record.id, record.version - 1)
+            _insert_event(conn, event)
+
+    def events(self, flow_id: str) -> list[AuditEvent]:
+        conn = self._connection()
+        rows = conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM audit_events WHERE flow_id = ? "
+            "ORDER BY sequence",
+            (flow_id,),
+        ).fetchall()
+        if not rows:
+            self.load(flow_id)
+        return [_event(row) for row in rows]
+
+    def flows(self) -> list[FlowRecord]:
+        rows = (
+            self._connection()
+            .execute(f"SELECT {_FLOW_COLUMNS} FROM flows ORDER BY updated_at")
+            .fetchall()
+        )
+        return [_record(row) for row in rows]
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def _flow_row(record: FlowRecord) -> tuple[object, ...]:
+    return (
+        record.id,
+        record.definition,
+        record.state,
+        record.version,
+        record.created_at,
+        record.updated_at,
+        json.dumps(dict(record.data)),
+    )
+
+
+def _record(row: tuple[object, ...]) -> FlowRecord:
+    flow_id, definition, state, version, created, updated, data = row
+    return FlowRecord(
+        id=str(flow_id),
+        definition=str(definition),
+        state=str(state),
+        version=int(version),  # type: ignore[call-overload]
+        created_at=float(created),  # type: ignore[arg-type]
+        updated_at=float(updated),  # type: ignore[arg-type]
+        data=json.loads(str(data)),
+    )
+
+
+def _insert_event(conn: sqlite3.Connection, event: AuditEvent) -> None:
+    conn.execute(
+        f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.flow_id,
+            event.sequence,
+            event.time,
+            event.trigger,
+            event.source,
+            event.destination,
+            event.outcome,
+            json.dumps(dict(event.details)),
+        ),
+    )
+
+
+def _event(row: tuple[object, ...]) -> AuditEvent:
+    flow_id, sequence, time, trigger, source, destination, outcome, details = row
+    return AuditEvent(
+        flow_id=str(flow_id),
+        sequence=int(sequence),  # type: ignore[call-overload]
+        time=str(time),
+        trigger=str(trigger),
+        source=None if source is None else str(source),
+        destination=str(destination),
+        outcome=str(outcome),
+        details=json.loads(str(details)),
+    )

@@ -1,0 +1,433 @@
+"""The public client: runs the authorization code grant with real adapters.
+
+`OAuthClient` does the I/O: it sends the requests that the protocol code
+builds, then fires the flow's triggers with what came back, so the flow's
+state and audit trail always say how far the grant got.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flowengine.adapters.clock import SystemClock
+from flowengine.adapters.http import HttpClient
+from flowengine.adapters.stores import open_store
+from flowengine.definition import FlowDefinition, load_definition
+from flowengine.engine import Clock, Engine, FireResult, Store
+from flowengine.errors import (
+    ConflictError,
+    DefinitionError,
+    FlowNotFoundError,
+    InvalidTriggerError,
+    OAuthError,
+    ProtocolError,
+    RemoteError,
+    ResourceError,
+    TokenExpiredError,
+    TransitionError,
+    TransportError,
+)
+from flowengine.grant import REGISTRY, tokens_of
+from flowengine.oauth.config import ClientConfig
+from flowengine.oauth.protocol import (
+    ResourceResult,
+    TokenRejected,
+    TokenSet,
+    parse_callback,
+    parse_token_response,
+    read_resource_response,
+    refresh_request,
+    resource_request,
+    token_request,
+)
+from flowengine.records import AuditEvent, FlowRecord
+from flowengine.redaction import abbreviate
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_TRIGGERS = (
+    "start",
+    "receive_code",
+    "receive_error",
+    "receive_token",
+    "reject_code",
+    "exchange_failed",
+    "expire",
+    "refresh",
+    "reject_refresh",
+    "refresh_failed",
+    "logout",
+)
+
+# OAuth errors after which the refresh token is known to be dead (RFC 6749
+# §5.2); any other failure keeps it for a retry.
+_REFRESH_TOKEN_DEAD = frozenset({"invalid_grant", "unauthorized_client"})
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowStatus:
+    """What a user may see of a flow: no secret, the token abbreviated."""
+
+    flow_id: str
+    state: str
+    valid_triggers: tuple[str, ...]
+    access_token: str | None
+    scope: str | None
+    has_refresh_token: bool
+    expires_at: float | None
+    last_error: str | None
+    version: int
+    updated_at: float
+
+
+class OAuthClient:
+    """Run authorization code grants whose steps are transitions of a flow.
+
+    Args:
+        config: client settings; the demo defaults when omitted.
+        store: where flows live; opened from `config.store` when omitted.
+        http: the HTTP adapter; built from the configured timeouts if omitted.
+        clock: the time source; the system clock if omitted.
+        definition: the flow definition; the shipped authorization_code
+            definition if omitted. It must have every trigger the client
+            fires (REQUIRED_TRIGGERS).
+        sleep: how the client waits while another caller refreshes.
+
+    Raises:
+        DefinitionError: the definition lacks a trigger the client fires.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig | None = None,
+        *,
+        store: Store | None = None,
+        http: HttpClient | None = None,
+        clock: Clock | None = None,
+        definition: FlowDefinition | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config or ClientConfig()
+        self.store = store if store is not None else open_store(self.config.store)
+        self.http = http or HttpClient(self.config.timeout)
+        self.clock = clock or SystemClock()
+        self.definition = definition or load_definition("authorization_code", REGISTRY)
+        self._check_definition(self.definition)
+        self.engine = Engine(
+            self.definition, REGISTRY, self.store, self.clock, context=self.config
+        )
+        self._sleep = sleep
+
+    @staticmethod
+    def _check_definition(definition: FlowDefinition) -> None:
+        missing = [t for t in REQUIRED_TRIGGERS if t not in definition.triggers]
+        if missing:
+            raise DefinitionError(
+                definition.source,
+                "transitions",
+                f"trigger(s) {', '.join(missing)} used by OAuthClient are missing",
+                "add them or use the shipped authorization_code definition",
+            )
+
+    # --- starting the grant ------------------------------------------------
+
+    def create_flow(self, flow_id: str | None = None) -> str:
+        """Create a flow in the initial state and return its id."""
+        return self.engine.create(flow_id).id
+
+    def start(self, flow_id: str | None = None, *, scope: str | None = None) -> str:
+        """Begin a grant and return the authorization URL to send the user to.
+
+        Creates the flow when `flow_id` is None or unknown. Each call makes a
+        new state value and PKCE verifier (RFC 6749 §4.1.1, RFC 7636 §4.3).
+
+        Raises:
+            InvalidTriggerError: the flow is in a state that cannot start a
+                grant, such as token_held; log out first.
+        """
+        flow_id = self._ensure_flow(flow_id)
+        inputs: dict[str, Any] = {}
+        if scope is not None:
+            inputs["scope"] = scope
+        result = self.engine.fire(flow_id, "start", **inputs)
+        return str(result.result)
+
+    def _ensure_flow(self, flow_id: str | None) -> str:
+        if flow_id is None:
+            return self.create_flow()
+        try:
+            self.engine.load(flow_id)
+        except FlowNotFoundError:
+            return self.create_flow(flow_id)
+        return flow_id
+
+    # --- callback and code exchange ----------------------------------------
+
+    def handle_callback(self, flow_id: str, callback_url: str) -> FlowRecord:
+        """Apply the redirect back from the authorization endpoint.
+
+        Checks `state` (and `iss` when known), then exchanges the code for a
+        token (RFC 6749 §4.1.2 to §4.1.4).
+
+        Raises:
+            StateMismatchError: the state is missing, wrong, used or expired;
+                the flow keeps waiting for the right callback.
+            OAuthError: the callback or the token endpoint returned an error
+                (for example access_denied).
+            ProtocolError: the callback or the token response is malformed.
+            TransportError: the token endpoint could not be reached; the flow
+                stays in code_received and `exchange_code` retries.
+        """
+        try:
+            callback = parse_callback(callback_url)
+        except ProtocolError as exc:
+            self.engine.record_failure(flow_id, "receive_code", exc)
+            raise
+
+        if callback.error is not None:
+            error = callback.as_error()
+            # The server's error is what the user needs to see; a failed state
+            # check stays in the audit trail and in the exception's cause.
+            try:
+                self.engine.fire(flow_id, "receive_error", callback=callback)
+            except (TransitionError, InvalidTriggerError, ConflictError) as exc:
+                raise error from exc
+            raise error
+
+        self.engine.fire(flow_id, "receive_code", callback=callback)
+        return self.exchange_code(flow_id)
+
+    def exchange_code(self, flow_id: str) -> FlowRecord:
+        """Exchange the received code for tokens (RFC 6749 §4.1.3).
+
+        Raises:
+            OAuthError: the token endpoint rejected the code; the flow goes
+                back to unauthorized.
+            ProtocolError: the response is malformed; the flow stays in
+                code_received.
+            TransportError: the request failed; the flow stays in
+                code_received.
+        """
+        record = self.engine.load(flow_id)
+        if record.state != "code_received":
+            raise InvalidTriggerError(
+                flow_id,
+                record.state,
+                "receive_token",
+                self.engine.valid_triggers(record.state),
+            )
+        request = token_request(
+            self.config, record.data["code"], record.data["code_verifier"]
+        )
+        requested_at = self.clock.now()
+        try:
+            token = parse_token_response(self.http.send(request), requested_at)
+        except OAuthError as exc:
+            self.engine.fire(flow_id, "reject_code", error=exc)
+            raise
+        except (TransportError, ProtocolError) as exc:
+            self.engine.fire(flow_id, "exchange_failed", error=exc)
+            raise
+        return self.engine.fire(flow_id, "receive_token", token=token).record
+
+    # --- using the token ---------------------------------------------------
+
+    def access_token(self, flow_id: str) -> str:
+        """Return an access token that is usable now, refreshing if needed.
+
+        A token is usable until its expiry minus `expiry_leeway`. A token of
+        unknown lifetime is used until the resource rejects it.
+
+        Raises:
+            TokenExpiredError: no token is held and none can be refreshed.
+        """
+        record = self.engine.load(flow_id)
+        if record.state == "token_held" and self._usable(record):
+            return str(record.data["access_token"])
+        if record.state == "token_held":
+            self._expire(flow_id, record, "expiry time reached")
+        return self._refreshed_token(flow_id)
+
+    def fetch_resource(self, flow_id: str) -> ResourceResult:
+        """Call the protected resource with the flow's bearer token.
+
+        On a 401 the flow moves to expired and, with a refresh token, through
+        one refresh and one retry; a second 401 is an error, never a loop.
+
+        Raises:
+            TokenExpiredError: no usable token and no refresh possible.
+            ResourceError: the resource refused (403 insufficient_scope with
+                the required scope) or failed.
+            TransportError: the resource could not be reached.
+        """
+        token = self.access_token(flow_id)
+        try:
+            return self._call_resource(token)
+        except TokenRejected as rejected:
+            reason = rejected.challenge.get("error") or "resource answered 401"
+            record = self.engine.load(flow_id)
+            if (
+                record.state == "token_held"
+                and record.data.get("access_token") == token
+            ):
+                self._expire(flow_id, record, f"resource: {reason}")
+
+        token = self._refreshed_token(flow_id)
+        try:
+            return self._call_resource(token)
+        except TokenRejected as rejected:
+            raise ResourceError(
+                "resource rejected a freshly refreshed token; check that it "
+                "accepts tokens of this authorization server",
+                status=401,
+                error=rejected.challenge.get("error"),
+            ) from None
+
+    def _call_resource(self, token: str) -> ResourceResult:
+        return read_resource_response(
+            self.http.send(resource_request(self.config, token))
+        )
+
+    def _usable(self, record: FlowRecord) -> bool:
+        expires_at = record.data.get("expires_at")
+        if expires_at is None:
+            return True
+        return bool(self.clock.now() < float(expires_at) - self.config.expiry_leeway)
+
+    def _expire(self, flow_id: str, record: FlowRecord, reason: str) -> None:
+        try:
+            self.engine.fire(flow_id, "expire", reason=reason)
+        except (ConflictError, InvalidTriggerError):
+            # Another caller moved the flow first; the refresh path reads
+            # the new state.
+            logger.info("flow %s: already moved on from %s", flow_id, record.state)
+
+    # --- refresh -----------------------------------------------------------
+
+    def refresh(self, flow_id: str) -> FlowRecord:
+        """Refresh the access token now, even if it has not expired yet.
+
+        Raises:
+            TokenExpiredError: the flow holds no refresh token.
+            OAuthError: the refresh token was rejected; the flow goes back to
+                unauthorized.
+            TransportError, ProtocolError: the refresh failed; the refresh
+                token is kept and the flow stays expired, ready to retry.
+        """
+        record = self.engine.load(flow_id)
+        if record.state == "token_held":
+            self._expire(flow_id, record, "refresh requested")
+        self._refreshed_token(flow_id)
+        return self.engine.load(flow_id)
+
+    def _refreshed_token(self, flow_id: str, wait: float | None = None) -> str:
+        """Return a fresh token, refreshing once across all callers.
+
+        Only the caller that wins `expired -> refreshing` calls the token
+        endpoint; the others wait for token_held, or take over when the
+        lease runs out.
+        """
+        deadline = self.clock.now() + (
+            wait if wait is not None else self.config.refresh_lease * 2
+        )
+        delay = 0.01
+        while True:
+            record = self.engine.load(flow_id)
+            lease = self._try_take_lease(flow_id, record)
+            if lease is not None:
+                return self._run_refresh(flow_id, lease)
+            if record.state == "token_held":
+                return str(record.data["access_token"])
+            if record.state not in ("expired", "refreshing"):
+                raise TokenExpiredError(
+                    f"flow {flow_id} holds no token (state {record.state!r}); "
+                    "start a new grant"
+                )
+            if self.clock.now() >= deadline:
+                raise TransportError(
+                    f"timed out waiting for another caller to refresh flow {flow_id}",
+                    url=self.config.token_endpoint,
+                )
+            self._sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _try_take_lease(self, flow_id: str, record: FlowRecord) -> FireResult | None:
+        if record.state == "expired" and not record.data.get("refresh_token"):
+            raise TokenExpiredError(
+                f"flow {flow_id} has an expired token and no refresh token; "
+                "start a new grant"
+            )
+        if record.state == "refreshing":
+            lease_end = float(record.data.get("lease_expires_at", 0))
+            if self.clock.now() < lease_end:
+                return None
+        elif record.state != "expired":
+            return None
+        try:
+            return self.engine.fire(flow_id, "refresh")
+        except (ConflictError, InvalidTriggerError):
+            return None
+
+    def _run_refresh(self, flow_id: str, lease: FireResult) -> str:
+        lease_id = lease.result
+        previous = tokens_of(dict(lease.record.data))
+        assert previous is not None and previous.refresh_token
+        request = refresh_request(self.config, previous.refresh_token)
+        requested_at = self.clock.now()
+        try:
+            token = parse_token_response(
+                self.http.send(request), requested_at, previous
+            )
+        except OAuthError as exc:
+            trigger = (
+                "reject_refresh"
+                if exc.error in _REFRESH_TOKEN_DEAD
+                else "refresh_failed"
+            )
+            self.engine.fire(flow_id, trigger, error=exc, lease_id=lease_id)
+            raise
+        except RemoteError as exc:
+            self.engine.fire(flow_id, "refresh_failed", error=exc, lease_id=lease_id)
+            raise
+        result = self.engine.fire(
+            flow_id, "receive_token", token=token, lease_id=lease_id
+        )
+        return str(result.record.data["access_token"])
+
+    # --- the rest ----------------------------------------------------------
+
+    def logout(self, flow_id: str) -> FlowRecord:
+        """Drop the flow's tokens and pending values."""
+        return self.engine.fire(flow_id, "logout").record
+
+    def status(self, flow_id: str) -> FlowStatus:
+        """Return what may be shown of a flow, with no secret in it."""
+        record = self.engine.load(flow_id)
+        token: TokenSet | None = tokens_of(dict(record.data))
+        return FlowStatus(
+            flow_id=record.id,
+            state=record.state,
+            valid_triggers=self.engine.valid_triggers(record.state),
+            access_token=abbreviate(token.access_token) if token else None,
+            scope=token.scope if token else None,
+            has_refresh_token=bool(token and token.refresh_token),
+            expires_at=token.expires_at if token else None,
+            last_error=record.data.get("last_error"),
+            version=record.version,
+            updated_at=record.updated_at,
+        )
+
+    def events(self, flow_id: str) -> list[AuditEvent]:
+        """Return the flow's audit trail, oldest first."""
+        return self.engine.events(flow_id)
+
+    def close(self) -> None:
+        """Close the HTTP session and the store."""
+        self.http.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,99 @@
+"""Redaction of secrets by name, for reprs, logs, errors and audit details.
+
+A value is secret when its key or query parameter is one of SECRET_NAMES,
+whatever its shape, so a new field never leaks through a forgotten check.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "[secure]"
+
+# Parameter and data names whose values are secrets: the client secret, the
+# authorization code, tokens, the PKCE verifier and the CSRF `state` value.
+SECRET_NAMES = frozenset(
+    {
+        "state",
+        "code",
+        "code_verifier",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "client_secret",
+        "token",
+        "authorization",
+        "password",
+    }
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Return whether values under `name` are secrets."""
+    return name.lower() in SECRET_NAMES
+
+
+def redact_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of `values` with every secret value masked, recursively.
+
+    Mappings nested in lists and tuples are redacted too.
+    """
+    redacted: dict[str, Any] = {}
+    for key, value in values.items():
+        if is_secret_name(str(key)):
+            redacted[key] = MASK
+        else:
+            redacted[key] = _redact_value(value)
+    return redacted
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return redact_mapping(value)
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with secret query and fragment parameters masked.
+
+    User information (`user:password@`) is masked too.
+    """
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            parts.path,
+            redact_query(parts.query),
+            redact_query(parts.fragment),
+        )
+    )
+
+
+def redact_query(query: str) -> str:
+    """Return a form-encoded string with secret values masked."""
+    if "=" not in query:
+        return query
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    masked = [(k, MASK if is_secret_name(k) else v) for k, v in pairs]
+    return urllib.parse.urlencode(masked, safe="[]")
+
+
+def abbreviate(token: str | None) -> str:
+    """Return a short, non-reversible label for a token: its first 4 chars.
+
+    Tokens shorter than 16 characters are fully masked, since 4 characters
+    would reveal too large a share of them.
+    """
+    if not token:
+        return "none"
+    if len(token) < 16:
+        return MASK
+    return f"{token[:4]}…({len(token)} chars)"
