@@ -11,11 +11,9 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowengine.adapters.clock import SystemClock
-from flowengine.adapters.http import HttpClient
-from flowengine.adapters.stores import open_store
 from flowengine.definition import FlowDefinition, load_definition
 from flowengine.engine import Clock, Engine, FireResult, Store
 from flowengine.errors import (
@@ -27,6 +25,7 @@ from flowengine.errors import (
     ProtocolError,
     RemoteError,
     ResourceError,
+    StateMismatchError,
     TokenExpiredError,
     TransitionError,
     TransportError,
@@ -46,6 +45,9 @@ from flowengine.oauth.protocol import (
 )
 from flowengine.records import AuditEvent, FlowRecord
 from flowengine.redaction import abbreviate
+
+if TYPE_CHECKING:
+    from flowengine.adapters.http import HttpClient
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,23 @@ class FlowStatus:
     updated_at: float
 
 
+# The adapters import requests and sqlite3. They are imported only when a
+# client is built, so that `import flowengine` keeps the sans-IO core free of
+# them.
+
+
+def _open_store(config: ClientConfig) -> Store:
+    from flowengine.adapters.stores import open_store
+
+    return open_store(config.store)
+
+
+def _http_client(config: ClientConfig) -> HttpClient:
+    from flowengine.adapters.http import HttpClient
+
+    return HttpClient(config.timeout)
+
+
 class OAuthClient:
     """Run authorization code grants whose steps are transitions of a flow.
 
@@ -112,8 +131,8 @@ class OAuthClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config or ClientConfig()
-        self.store = store if store is not None else open_store(self.config.store)
-        self.http = http or HttpClient(self.config.timeout)
+        self.store = store if store is not None else _open_store(self.config)
+        self.http = http or _http_client(self.config)
         self.clock = clock or SystemClock()
         self.definition = definition or load_definition("authorization_code", REGISTRY)
         self._check_definition(self.definition)
@@ -198,7 +217,16 @@ class OAuthClient:
                 raise error from exc
             raise error
 
-        self.engine.fire(flow_id, "receive_code", callback=callback)
+        try:
+            self.engine.fire(flow_id, "receive_code", callback=callback)
+        except InvalidTriggerError as exc:
+            # A flow takes one callback per authorization request, so a second
+            # one (a replay or a reload of the redirect) carries a used state.
+            raise StateMismatchError(
+                f"flow {flow_id} is in state {exc.state!r} and expects no "
+                "callback; its state value was already used or never issued. "
+                "Start the grant again"
+            ) from exc
         return self.exchange_code(flow_id)
 
     def exchange_code(self, flow_id: str) -> FlowRecord:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import requests
+import urllib3
 
 from flowengine.errors import ProtocolError, TransportError
 from flowengine.oauth.http import HttpRequest, HttpResponse
@@ -92,7 +94,7 @@ class HttpClient:
         chunks: list[bytes] = []
         size = 0
         try:
-            for chunk in response.iter_content(_CHUNK_BYTES):
+            for chunk in _body_chunks(response):
                 size += len(chunk)
                 if size > self.max_body:
                     raise ProtocolError(
@@ -106,7 +108,7 @@ class HttpClient:
                         f"{self._describe_timeout()}",
                         url=url,
                     )
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise TransportError(
                 f"reading the response from {url} failed: {type(exc).__name__}",
                 url=url,
@@ -119,3 +121,20 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """Yield the decoded body in pieces as they arrive.
+
+    `iter_content` returns only once a whole chunk is filled, so a server that
+    sends one byte at a time would hold it until the body ends, far past the
+    deadline. urllib3 2's `read1` returns what a single receive brought.
+    """
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:
+        # NOTE: urllib3 1.x has no read1; there a trickling server is cut off
+        # only when a chunk fills or the body ends.
+        yield from response.iter_content(_CHUNK_BYTES)
+        return
+    while chunk := read1(_CHUNK_BYTES, decode_content=True):
+        yield chunk

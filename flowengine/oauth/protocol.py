@@ -18,13 +18,29 @@ from typing import Any
 from flowengine.errors import OAuthError, ProtocolError, ResourceError
 from flowengine.oauth.config import ClientConfig
 from flowengine.oauth.http import HttpRequest, HttpResponse
-from flowengine.redaction import MASK, abbreviate, redact_mapping, redact_query
+from flowengine.redaction import (
+    MASK,
+    SECRET_NAMES,
+    abbreviate,
+    redact_mapping,
+    redact_query,
+)
 
 EXCERPT_LENGTH = 200
 
 # RFC 6749 §A.7 and §A.8: error and error_description use printable ASCII
 # except '"' and '\'.
 _ERROR_CHARS = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]*$")
+
+# A secret written into free text by a server that echoes the request: a
+# form pair ("code=..."), a header line ("authorization: Bearer ...") or a
+# mapping entry ("'refresh_token': '...'"). Longer names come first so that
+# "access_token" is not read as "token".
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)(?<![\w-])("
+    + "|".join(sorted(SECRET_NAMES, key=len, reverse=True))
+    + r")(['\"]?\s*(?:=|:|%3D)\s*['\"]?)(?:(?:basic|bearer)\s+)?[^\s&'\"<>,;]+"
+)
 
 _CALLBACK_FIELDS = ("code", "state", "error", "error_description", "error_uri", "iss")
 
@@ -273,7 +289,7 @@ def _oauth_error(body: Mapping[str, Any], status: int) -> OAuthError:
     uri = body.get("error_uri")
     return OAuthError(
         error,
-        description if isinstance(description, str) else None,
+        mask_secrets_in_text(description) if isinstance(description, str) else None,
         uri if isinstance(uri, str) else None,
         status=status,
     )
@@ -326,7 +342,11 @@ def parse_expires_in(value: object) -> float | None:
             return None
     if not isinstance(value, int | float):
         return None
-    lifetime = float(value)
+    try:
+        lifetime = float(value)
+    except OverflowError:
+        # A JSON integer of hundreds of digits has no float value.
+        return None
     if not math.isfinite(lifetime) or lifetime < 0:
         return None
     return lifetime
@@ -442,4 +462,14 @@ def _excerpt(response: HttpResponse) -> str:
         text = json.dumps(redact_mapping(parsed))
     elif "=" in text and " " not in text.strip():
         text = redact_query(text.strip())
-    return " ".join(text.split())[:EXCERPT_LENGTH]
+    return " ".join(mask_secrets_in_text(text).split())[:EXCERPT_LENGTH]
+
+
+def mask_secrets_in_text(text: str) -> str:
+    """Return `text` with the values of secret parameters written in it masked.
+
+    Catches `name=value`, `name: value` and quoted mapping entries for the
+    names in SECRET_NAMES, as an error page that echoes the request shows
+    them. A secret written in the text without its name stays visible.
+    """
+    return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
