@@ -29,6 +29,7 @@ from flowengine.errors import (
     LocalError,
     OAuthError,
     ProtocolError,
+    RefreshTimeoutError,
     RemoteError,
     ResourceError,
     StateMismatchError,
@@ -36,6 +37,7 @@ from flowengine.errors import (
     TransitionError,
     TransportError,
 )
+from flowengine.flow import Flow, open_flow
 from flowengine.grant import REGISTRY
 from flowengine.oauth.config import ClientConfig, load_config
 from flowengine.records import AuditEvent, FlowRecord
@@ -49,6 +51,7 @@ __all__ = [
     "DefinitionError",
     "Engine",
     "FireResult",
+    "Flow",
     "FlowDefinition",
     "FlowEngineError",
     "FlowNotFoundError",
@@ -60,6 +63,7 @@ __all__ = [
     "OAuthClient",
     "OAuthError",
     "ProtocolError",
+    "RefreshTimeoutError",
     "Registry",
     "RemoteError",
     "ResourceError",
@@ -71,6 +75,7 @@ __all__ = [
     "dump_definition",
     "load_config",
     "load_definition",
+    "open_flow",
     "parse_definition",
 ]
 

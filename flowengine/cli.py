@@ -1,4 +1,4 @@
-"""The `flowengine` command line: demo, serve, flows and audit."""
+"""The `flowengine` command line: demo, serve, repl, flows, audit and diagram."""
 
 from __future__ import annotations
 
@@ -114,16 +114,40 @@ def _parser() -> argparse.ArgumentParser:
         "diagram",
         help="draw the flow definition as a state diagram",
         description=(
-            "Print the authorization_code definition as a Mermaid state diagram; "
-            "with FLOW_ID, the flow's current state is marked."
+            "Print the authorization_code definition as a state diagram: Mermaid "
+            "text, Graphviz DOT source or an SVG picture. The current state is "
+            "marked: the flow's state with FLOW_ID, else the initial state. SVG "
+            "needs Graphviz's `dot` program."
         ),
     )
     diagram.add_argument("flow_id", nargs="?", help="a stored flow to mark")
     diagram.add_argument(
-        "--format", choices=["mermaid"], default="mermaid", help="output format"
+        "--format",
+        choices=["mermaid", "svg", "dot"],
+        default="mermaid",
+        help="output format: mermaid (default), svg or dot (Graphviz source)",
     )
     _add_config_options(diagram)
     diagram.set_defaults(run=_run_diagram)
+
+    repl = commands.add_parser(
+        "repl",
+        help="step through flows in an interactive shell",
+        description=(
+            "Start a shell that creates flows, fires triggers, runs the steps "
+            "of the grant and shows each flow's state, valid triggers and audit "
+            "trail. When standard input is not a terminal, the shell reads one "
+            "command per line without prompting and exits with status 1 if any "
+            "command failed."
+        ),
+    )
+    repl.add_argument(
+        "--exit-on-error",
+        action="store_true",
+        help="stop at the first command that fails",
+    )
+    _add_config_options(repl)
+    repl.set_defaults(run=_run_repl)
     return parser
 
 
@@ -192,6 +216,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         access_token_lifetime=args.token_lifetime,
     )
     config = ClientConfig(
+        issuer=issuer,
         redirect_uri=redirect_uri,
         authorization_endpoint=f"{issuer}/authorize",
         token_endpoint=f"{issuer}/token",
@@ -321,15 +346,25 @@ def _run_audit(args: argparse.Namespace) -> int:
 def _run_diagram(args: argparse.Namespace) -> int:
     from flowengine.adapters.stores import open_store
     from flowengine.definition import load_definition
-    from flowengine.diagram import mermaid
+    from flowengine.diagram import dot, mermaid, svg
     from flowengine.grant import REGISTRY
 
+    draw = {"mermaid": mermaid, "svg": svg, "dot": dot}[args.format]
     definition = load_definition("authorization_code", REGISTRY)
     current = None
     if args.flow_id:
         current = open_store(_config_from(args).store).load(args.flow_id).state
-    print(mermaid(definition, current), end="")
+    print(draw(definition, current), end="")
     return 0
+
+
+# --- repl --------------------------------------------------------------------
+
+
+def _run_repl(args: argparse.Namespace) -> int:
+    from flowengine.repl import run_repl
+
+    return run_repl(_config_from(args), exit_on_error=args.exit_on_error)
 
 
 if __name__ == "__main__":

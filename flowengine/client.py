@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from flowengine.adapters.clock import SystemClock
 from flowengine.definition import FlowDefinition, load_definition
@@ -23,6 +24,7 @@ from flowengine.errors import (
     InvalidTriggerError,
     OAuthError,
     ProtocolError,
+    RefreshTimeoutError,
     RemoteError,
     ResourceError,
     StateMismatchError,
@@ -32,7 +34,14 @@ from flowengine.errors import (
 )
 from flowengine.grant import REGISTRY, tokens_of
 from flowengine.oauth.config import ClientConfig
+from flowengine.oauth.metadata import (
+    ServerMetadata,
+    apply_metadata,
+    metadata_requests,
+    parse_metadata,
+)
 from flowengine.oauth.protocol import (
+    Callback,
     ResourceResult,
     TokenRejected,
     TokenSet,
@@ -41,6 +50,7 @@ from flowengine.oauth.protocol import (
     read_resource_response,
     refresh_request,
     resource_request,
+    revocation_request,
     token_request,
 )
 from flowengine.records import AuditEvent, FlowRecord
@@ -103,6 +113,15 @@ def _http_client(config: ClientConfig) -> HttpClient:
     return HttpClient(config.timeout)
 
 
+def _no_callback_expected(flow_id: str, exc: InvalidTriggerError) -> StateMismatchError:
+    # A flow takes one callback per authorization request, so a second one
+    # (a replay or a reload of the redirect) carries a used state.
+    return StateMismatchError(
+        f"flow {flow_id} is in state {exc.state!r} and expects no callback; "
+        "its state value was already used or never issued. Start the grant again"
+    )
+
+
 class OAuthClient:
     """Run authorization code grants whose steps are transitions of a flow.
 
@@ -140,6 +159,9 @@ class OAuthClient:
             self.definition, REGISTRY, self.store, self.clock, context=self.config
         )
         self._sleep = sleep
+        self._metadata: ServerMetadata | None = None
+        self._discovered = config is None or self.config.issuer is None
+        self._discovery_lock = threading.Lock()
 
     @staticmethod
     def _check_definition(definition: FlowDefinition) -> None:
@@ -151,6 +173,70 @@ class OAuthClient:
                 f"trigger(s) {', '.join(missing)} used by OAuthClient are missing",
                 "add them or use the shipped authorization_code definition",
             )
+
+    # --- discovery ---------------------------------------------------------
+
+    @property
+    def metadata(self) -> ServerMetadata | None:
+        """The authorization server's metadata, once discovered."""
+        return self._metadata
+
+    def discover(self) -> ServerMetadata | None:
+        """Fetch the metadata of the configured issuer (RFC 8414).
+
+        Tries `/.well-known/oauth-authorization-server`, then
+        `/.well-known/openid-configuration`. The document's `issuer` must
+        equal the configured one. Endpoints missing from the configuration
+        are taken from it. Returns None when no issuer is configured.
+
+        Raises:
+            ProtocolError: the metadata is invalid, names another issuer, or
+                is missing while an endpoint is not configured either.
+            TransportError: the server could not be reached.
+        """
+        issuer = self.config.issuer
+        if issuer is None:
+            return None
+        with self._discovery_lock:
+            if self._discovered:
+                return self._metadata
+            metadata = self._fetch_metadata(issuer)
+            if metadata is not None:
+                self.config = apply_metadata(self.config, metadata)
+                self.engine.context = self.config
+            self._metadata = metadata
+            self._discovered = True
+            return metadata
+
+    def _fetch_metadata(self, issuer: str) -> ServerMetadata | None:
+        last: ProtocolError | None = None
+        for request in metadata_requests(issuer):
+            response = self.http.send(request)
+            if response.status == 404:
+                last = ProtocolError("metadata not found", status=404)
+                continue
+            return parse_metadata(
+                response,
+                issuer,
+                allow_insecure_http=self.config.allow_insecure_http,
+            )
+
+        # Neither well-known document exists: explicit endpoints still work.
+        if self.config.authorization_endpoint and self.config.token_endpoint:
+            logger.warning(
+                "issuer %s publishes no metadata; using the configured endpoints",
+                issuer,
+            )
+            return None
+        raise ProtocolError(
+            f"issuer {issuer} publishes no metadata at /.well-known/"
+            "oauth-authorization-server or /.well-known/openid-configuration; "
+            "configure authorization_endpoint and token_endpoint instead"
+        ) from last
+
+    def _ready(self) -> None:
+        if not self._discovered:
+            self.discover()
 
     # --- starting the grant ------------------------------------------------
 
@@ -168,10 +254,16 @@ class OAuthClient:
             InvalidTriggerError: the flow is in a state that cannot start a
                 grant, such as token_held; log out first.
         """
+        self._ready()
         flow_id = self._ensure_flow(flow_id)
         inputs: dict[str, Any] = {}
         if scope is not None:
             inputs["scope"] = scope
+        if self._metadata is not None:
+            # The pending request remembers its issuer, so a response from
+            # another server is rejected (RFC 9207 §2.4, mix-up defence).
+            inputs["issuer"] = self._metadata.issuer
+            inputs["require_iss"] = self._metadata.iss_parameter_supported
         result = self.engine.fire(flow_id, "start", **inputs)
         return str(result.result)
 
@@ -208,26 +300,28 @@ class OAuthClient:
             raise
 
         if callback.error is not None:
-            error = callback.as_error()
-            # The server's error is what the user needs to see; a failed state
-            # check stays in the audit trail and in the exception's cause.
-            try:
-                self.engine.fire(flow_id, "receive_error", callback=callback)
-            except (TransitionError, InvalidTriggerError, ConflictError) as exc:
-                raise error from exc
-            raise error
+            self._apply_error_callback(flow_id, callback)
 
         try:
             self.engine.fire(flow_id, "receive_code", callback=callback)
         except InvalidTriggerError as exc:
-            # A flow takes one callback per authorization request, so a second
-            # one (a replay or a reload of the redirect) carries a used state.
-            raise StateMismatchError(
-                f"flow {flow_id} is in state {exc.state!r} and expects no "
-                "callback; its state value was already used or never issued. "
-                "Start the grant again"
-            ) from exc
+            raise _no_callback_expected(flow_id, exc) from exc
         return self.exchange_code(flow_id)
+
+    def _apply_error_callback(self, flow_id: str, callback: Callback) -> NoReturn:
+        error = callback.as_error()
+        try:
+            self.engine.fire(flow_id, "receive_error", callback=callback)
+        except (TransitionError, InvalidTriggerError, ConflictError) as exc:
+            if isinstance(exc, InvalidTriggerError) and callback.state is not None:
+                raise _no_callback_expected(flow_id, exc) from exc
+            if callback.state is not None:
+                raise
+            # Some servers omit `state` on error redirects. The error code is
+            # still shown, but not the description, which a forger could
+            # have written; the flow keeps waiting for its real callback.
+            raise OAuthError(error.error, None, None) from exc
+        raise error
 
     def exchange_code(self, flow_id: str) -> FlowRecord:
         """Exchange the received code for tokens (RFC 6749 §4.1.3).
@@ -240,6 +334,7 @@ class OAuthClient:
             TransportError: the request failed; the flow stays in
                 code_received.
         """
+        self._ready()
         record = self.engine.load(flow_id)
         if record.state != "code_received":
             raise InvalidTriggerError(
@@ -359,9 +454,10 @@ class OAuthClient:
         endpoint; the others wait for token_held, or take over when the
         lease runs out.
         """
-        deadline = self.clock.now() + (
-            wait if wait is not None else self.config.refresh_lease * 2
-        )
+        # The wait is counted in the delays slept, not read from the clock,
+        # so an injected clock that stands still cannot make it endless.
+        patience = wait if wait is not None else self.config.refresh_lease * 2
+        waited = 0.0
         delay = 0.01
         while True:
             record = self.engine.load(flow_id)
@@ -375,12 +471,13 @@ class OAuthClient:
                     f"flow {flow_id} holds no token (state {record.state!r}); "
                     "start a new grant"
                 )
-            if self.clock.now() >= deadline:
-                raise TransportError(
-                    f"timed out waiting for another caller to refresh flow {flow_id}",
-                    url=self.config.token_endpoint,
+            if waited >= patience:
+                raise RefreshTimeoutError(
+                    f"another caller has been refreshing flow {flow_id} for over "
+                    f"{patience:g} s; retry later"
                 )
             self._sleep(delay)
+            waited += delay
             delay = min(delay * 2, 0.5)
 
     def _try_take_lease(self, flow_id: str, record: FlowRecord) -> FireResult | None:
@@ -401,6 +498,7 @@ class OAuthClient:
             return None
 
     def _run_refresh(self, flow_id: str, lease: FireResult) -> str:
+        self._ready()
         lease_id = lease.result
         previous = tokens_of(dict(lease.record.data))
         assert previous is not None and previous.refresh_token
@@ -429,8 +527,55 @@ class OAuthClient:
     # --- the rest ----------------------------------------------------------
 
     def logout(self, flow_id: str) -> FlowRecord:
-        """Drop the flow's tokens and pending values."""
-        return self.engine.fire(flow_id, "logout").record
+        """Revoke the flow's tokens, then drop them and any pending values.
+
+        With a revocation endpoint (configured or discovered) the refresh
+        token and then the access token are revoked (RFC 7009 §2). A failed
+        revocation is logged and recorded in the audit event; the local
+        logout happens anyway, since the user asked to be logged out.
+
+        Raises:
+            InvalidTriggerError: the flow is already logged out.
+        """
+        self._ready()
+        record = self.engine.load(flow_id)
+        if "logout" not in self.engine.valid_triggers(record.state):
+            raise InvalidTriggerError(
+                flow_id,
+                record.state,
+                "logout",
+                self.engine.valid_triggers(record.state),
+            )
+        revoked = self._revoke(flow_id, tokens_of(dict(record.data)))
+        return self.engine.fire(flow_id, "logout", revoked=revoked).record
+
+    def _revoke(self, flow_id: str, tokens: TokenSet | None) -> bool | None:
+        if tokens is None or not self.config.revocation_endpoint:
+            return None
+        held = [
+            (tokens.refresh_token, "refresh_token"),
+            (tokens.access_token, "access_token"),
+        ]
+        for token, hint in held:
+            if not token:
+                continue
+            try:
+                response = self.http.send(revocation_request(self.config, token, hint))
+            except RemoteError as exc:
+                logger.warning(
+                    "flow %s: revoking the %s failed: %s", flow_id, hint, exc
+                )
+                return False
+            # RFC 7009 §2.2: 200 means revoked or unknown, both fine.
+            if response.status != 200:
+                logger.warning(
+                    "flow %s: revoking the %s failed with HTTP %s",
+                    flow_id,
+                    hint,
+                    response.status,
+                )
+                return False
+        return True
 
     def status(self, flow_id: str) -> FlowStatus:
         """Return what may be shown of a flow, with no secret in it."""

@@ -178,11 +178,22 @@ class ProtocolError(RemoteError):
         super().__init__(f"{message}{detail}{tail}")
 
 
+class RefreshTimeoutError(RemoteError):
+    """Another caller held the refresh lease for longer than this one waits.
+
+    The flow is unchanged; retry later. When the other caller died, its
+    lease runs out and the next attempt takes the refresh over.
+    """
+
+    code = "refresh_wait_timeout"
+
+
 class OAuthError(RemoteError):
     """An OAuth error response (RFC 6749 §4.1.2.1 and §5.2).
 
-    Carries `error`, `error_description` and `error_uri` as the server sent
-    them. The description is the server's text and is shown escaped.
+    Carries `error`, `error_description` and `error_uri` from the server.
+    The description is the server's text with any secret parameter it
+    echoes masked; show it escaped.
     """
 
     def __init__(

@@ -203,6 +203,8 @@ def store_code(run: Run) -> None:
 def clear_grant(run: Run) -> None:
     """Drop every token and pending value; record the error if one caused it."""
     run.data.clear()
+    if run.inputs.get("revoked") is not None:
+        run.details["revoked"] = bool(run.inputs["revoked"])
     error = _error_of(run)
     if error is not None:
         run.outcome = error.code

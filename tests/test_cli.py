@@ -59,7 +59,7 @@ def auto_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("demo", "serve", "flows", "audit", "diagram"):
+    for command in ("demo", "serve", "flows", "audit", "diagram", "repl"):
         assert command in result.stdout
 
 

@@ -52,6 +52,7 @@ class BackgroundServer:
         self._server = server
         self.host = host
         self.port: int = self._server.effective_port
+        self._stopped = False
         self._thread = threading.Thread(
             target=self._server.run, name=f"flowengine-{name}", daemon=True
         )
@@ -69,11 +70,21 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting requests, close connections and join the thread."""
+        """Stop accepting requests, close connections and join the thread.
+
+        Stopping a server that is already stopped does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.task_dispatcher.shutdown(timeout=int(timeout))
+        server_map = self._server._map
+        if self._thread.ident is None:
+            # Never started: no server thread can race with the close.
+            wasyncore.close_all(server_map)
+            return
         # The sockets are closed inside the server thread: closing them from
         # here races with its poll() and raises "Bad file descriptor".
-        server_map = self._server._map
         self._server.trigger.pull_trigger(lambda: wasyncore.close_all(server_map))
         self._thread.join(timeout)
         logger.info("%s stopped", self.name)

@@ -27,6 +27,20 @@ _URL_FIELDS = (
 )
 
 
+# Endpoints of the demo authorization server, used when no issuer is set.
+DEMO_ENDPOINTS = {
+    "authorization_endpoint": "http://localhost:9001/authorize",
+    "token_endpoint": "http://localhost:9001/token",
+}
+
+_OPTIONAL_URLS = (
+    "authorization_endpoint",
+    "token_endpoint",
+    "revocation_endpoint",
+    "issuer",
+)
+
+
 def default_store_path() -> str:
     """Return the default SQLite file: $XDG_STATE_HOME/flowengine/flows.sqlite3."""
     state_home = os.environ.get("XDG_STATE_HOME") or str(
@@ -42,13 +56,17 @@ class ClientConfig:
     The defaults are the demo setup: client `oauth-client-1` on
     http://localhost:9000, the authorization server on port 9001 and the
     protected resource on port 9002. Times are in seconds.
+
+    Without `issuer`, missing endpoints default to the demo authorization
+    server. With `issuer`, the client fills them from the server's metadata
+    (RFC 8414) before first use; endpoints set here still win.
     """
 
     client_id: str = "oauth-client-1"
     client_secret: str = dataclasses.field(default="oauth-client-secret-1", repr=False)
     redirect_uri: str = "http://localhost:9000/callback"
-    authorization_endpoint: str = "http://localhost:9001/authorize"
-    token_endpoint: str = "http://localhost:9001/token"
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
     revocation_endpoint: str | None = None
     resource_url: str = "http://localhost:9002/resource"
     resource_method: str = "POST"
@@ -64,6 +82,10 @@ class ClientConfig:
     store: str = dataclasses.field(default_factory=default_store_path)
 
     def __post_init__(self) -> None:
+        if self.issuer is None:
+            for name, default in DEMO_ENDPOINTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, default)
         self._check_text_fields()
         self._check_urls()
         self._check_numbers()
@@ -96,7 +118,7 @@ class ClientConfig:
     def _check_urls(self) -> None:
         for name in _URL_FIELDS:
             value = getattr(self, name)
-            if value is None and name in ("revocation_endpoint", "issuer"):
+            if value is None and name in _OPTIONAL_URLS:
                 continue
             check_url(name, value, allow_insecure_http=self.allow_insecure_http)
 
@@ -121,6 +143,20 @@ class ClientConfig:
             raise ConfigError(
                 f"expiry_leeway must be 0 or more seconds, not {leeway!r}"
             )
+
+    def endpoint(self, name: str) -> str:
+        """Return the URL of endpoint `name`, such as "token_endpoint".
+
+        Raises:
+            ConfigError: the endpoint is neither configured nor discovered.
+        """
+        value = getattr(self, name)
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{name} is not known; set it in the configuration, or set "
+                "issuer so that the client discovers it"
+            )
+        return value
 
     @property
     def timeout(self) -> tuple[float, float]:

@@ -101,7 +101,7 @@ def authorization_url(
     chosen_scope = config.scope if scope is None else scope
     if chosen_scope:
         params["scope"] = chosen_scope
-    parts = urllib.parse.urlsplit(config.authorization_endpoint)
+    parts = urllib.parse.urlsplit(config.endpoint("authorization_endpoint"))
     query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
     if parts.query:
         query = f"{parts.query}&{query}"
@@ -181,12 +181,11 @@ def revocation_request(
     """Build a token revocation request (RFC 7009 §2.1).
 
     Raises:
-        ProtocolError: no revocation endpoint is configured.
+        ConfigError: no revocation endpoint is configured or discovered.
     """
-    if not config.revocation_endpoint:
-        raise ProtocolError("no revocation_endpoint is configured")
     form = {"token": token, "token_type_hint": hint}
-    return _token_endpoint_request(config, form, url=config.revocation_endpoint)
+    url = config.endpoint("revocation_endpoint")
+    return _token_endpoint_request(config, form, url=url)
 
 
 def _token_endpoint_request(
@@ -203,7 +202,7 @@ def _token_endpoint_request(
     else:
         form = {**form, "client_id": config.client_id}
         form["client_secret"] = config.client_secret
-    return HttpRequest("POST", url or config.token_endpoint, headers, form)
+    return HttpRequest("POST", url or config.endpoint("token_endpoint"), headers, form)
 
 
 def basic_authorization(client_id: str, client_secret: str) -> str:

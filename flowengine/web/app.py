@@ -1,10 +1,10 @@
 """The client web application: the code grant from a browser, one flow per session.
 
 The page shows the session's flow (state, abbreviated token, expiry, last
-error and audit trail) and offers the classic actions: get a token, call the
-protected resource, refresh and log out. Each browser session owns one flow,
-whose id travels in the signed session cookie; tokens stay in the client's
-store and never reach the browser.
+error, state diagram and audit trail) and offers the classic actions: get a
+token, call the protected resource, refresh and log out. Each browser session
+owns one flow, whose id travels in the signed session cookie; tokens stay in
+the client's store and never reach the browser.
 """
 
 from __future__ import annotations
@@ -18,11 +18,18 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import abort
 from werkzeug.wrappers import Response
 
+from flowengine import diagram
 from flowengine.client import FlowStatus, OAuthClient
 from flowengine.errors import ConfigError, FlowNotFoundError
 from flowengine.web import browser_session
 from flowengine.web.errors import register_error_handlers
-from flowengine.web.view import ResourceView, build_page, describe_resource
+from flowengine.web.view import (
+    ResourceView,
+    build_page,
+    describe_diagram,
+    describe_resource,
+    log_diagram_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +119,9 @@ class ClientPages:
     def register(self, app: Flask) -> None:
         """Add the routes to `app`."""
         app.add_url_rule("/", "index", self.index, methods=["GET"])
+        app.add_url_rule(
+            "/diagram.svg", "diagram_svg", self.diagram_svg, methods=["GET"]
+        )
         app.add_url_rule("/authorize", "authorize", self.authorize, methods=["GET"])
         app.add_url_rule("/callback", "callback", self.callback, methods=["GET"])
         app.add_url_rule(
@@ -128,6 +138,25 @@ class ClientPages:
     def index(self) -> str:
         """Show the session's flow and the actions."""
         return self._render_index()
+
+    def diagram_svg(self) -> Response:
+        """Return the state diagram as SVG, with the session's flow state marked.
+
+        Without a flow, the initial state is marked. Without Graphviz, the
+        response is a 503 page that names the missing part.
+        """
+        status = self._session_status()
+        definition = self._client.definition
+        state = status.state if status is not None else definition.initial
+        try:
+            document = diagram.svg(definition, state)
+        except diagram.DiagramError as exc:
+            log_diagram_error(exc, "not sent as SVG")
+            abort(503, description=str(exc))
+        response = Response(document, mimetype="image/svg+xml")
+        # The picture shows the flow's current state, which changes.
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     def authorize(self) -> ResponseReturnValue:
         """Start a grant and redirect the browser to the authorization URL."""
@@ -172,7 +201,15 @@ class ClientPages:
     def _render_index(self, resource: ResourceView | None = None) -> str:
         status = self._session_status()
         events = self._client.events(status.flow_id) if status is not None else []
-        page = build_page(status, events, self._client.clock.now(), resource)
+        definition = self._client.definition
+        state = status.state if status is not None else definition.initial
+        page = build_page(
+            status,
+            events,
+            self._client.clock.now(),
+            resource,
+            describe_diagram(definition, state),
+        )
         return render_template("index.html", page=page)
 
     def _session_status(self) -> FlowStatus | None:

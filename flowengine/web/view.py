@@ -2,7 +2,8 @@
 
 Everything here comes from `FlowStatus` and `AuditEvent`, which contain no
 secret, because the access token is already abbreviated and audit details
-are already redacted. The templates escape every value.
+are already redacted. The templates escape every value except the state
+diagram's SVG, which Graphviz draws from the flow definition alone.
 """
 
 from __future__ import annotations
@@ -10,14 +11,25 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from markupsafe import Markup
+
+from flowengine import diagram
 from flowengine.client import FlowStatus
+from flowengine.definition import FlowDefinition
 from flowengine.errors import ProtocolError
 from flowengine.oauth.protocol import ResourceResult
 from flowengine.records import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+# Messages of diagram failures already logged as warnings. Every page view
+# draws the diagram, so a missing Graphviz is reported once, not per view.
+_reported_diagram_errors: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +84,21 @@ class ResourceView:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiagramView:
+    """The state diagram with `state` marked, as SVG or as Mermaid text.
+
+    `svg` is the inline `<svg>` element, or None when Graphviz could not draw
+    it. Then `mermaid` contains the diagram's Mermaid text and `unavailable`
+    the reason.
+    """
+
+    state: str
+    svg: Markup | None
+    mermaid: str = ""
+    unavailable: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class PageView:
     """Everything the main page shows."""
 
@@ -79,6 +106,7 @@ class PageView:
     actions: tuple[ActionView, ...]
     audit: tuple[AuditRow, ...]
     resource: ResourceView | None = None
+    diagram: DiagramView | None = None
 
 
 def build_page(
@@ -86,6 +114,7 @@ def build_page(
     events: Sequence[AuditEvent],
     now: float,
     resource: ResourceView | None = None,
+    diagram: DiagramView | None = None,
 ) -> PageView:
     """Build the page's values from a flow's status (None when there is none)."""
     return PageView(
@@ -93,6 +122,7 @@ def build_page(
         actions=describe_actions(status),
         audit=tuple(describe_event(event) for event in events),
         resource=resource,
+        diagram=diagram,
     )
 
 
@@ -186,3 +216,35 @@ def describe_resource(result: ResourceResult) -> ResourceView:
         return ResourceView(result.status, result.media_type, result.text(), False)
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
     return ResourceView(result.status, result.media_type, text, True)
+
+
+def describe_diagram(definition: FlowDefinition, state: str) -> DiagramView:
+    """Draw `definition` with `state` marked, as Mermaid text if SVG fails.
+
+    The page stays usable without Graphviz, so a failed drawing is logged
+    and shown as the reason next to the Mermaid text.
+    """
+    try:
+        document = diagram.svg(definition, state)
+    except diagram.DiagramError as exc:
+        log_diagram_error(exc, "shown as Mermaid text")
+        return DiagramView(
+            state=state,
+            svg=None,
+            mermaid=diagram.mermaid(definition, state),
+            unavailable=str(exc),
+        )
+    # Graphviz writes an XML declaration and a DOCTYPE before the <svg>
+    # element, and neither may appear inside an HTML page. Markup() skips
+    # escaping: Graphviz escapes every label, and the labels are names from
+    # the flow definition, never values from a request or a server.
+    element = document[document.index("<svg") :]
+    return DiagramView(state=state, svg=Markup(element))  # noqa: S704
+
+
+def log_diagram_error(exc: diagram.DiagramError, consequence: str) -> None:
+    """Log a failed drawing as a warning the first time, then at debug level."""
+    message = str(exc)
+    level = logging.DEBUG if message in _reported_diagram_errors else logging.WARNING
+    _reported_diagram_errors.add(message)
+    logger.log(level, "state diagram %s: %s", consequence, message)
