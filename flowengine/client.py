@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flowengine.adapters.clock import SystemClock
@@ -40,6 +40,7 @@ from flowengine.oauth.metadata import (
     metadata_requests,
     parse_metadata,
 )
+from flowengine.oauth.pkce import states_equal
 from flowengine.oauth.protocol import (
     Callback,
     ResourceResult,
@@ -322,6 +323,38 @@ class OAuthClient:
             # have written; the flow keeps waiting for its real callback.
             raise OAuthError(error.error, None, None) from exc
         raise error
+
+    def find_flow_for_callback(
+        self, flow_ids: Sequence[str], callback_url: str
+    ) -> str | None:
+        """Return which of `flow_ids` is waiting for this callback's `state`.
+
+        Lets one browser session run several grants at once (one per tab):
+        the callback goes to the flow whose pending state value it carries.
+        States are compared in constant time. Returns None when no flow
+        matches or the callback cannot be parsed; `handle_callback` then
+        reports why.
+        """
+        try:
+            received = parse_callback(callback_url).state
+        except ProtocolError:
+            return None
+        if received is None:
+            return None
+        for flow_id in flow_ids:
+            try:
+                record = self.engine.load(flow_id)
+            except FlowNotFoundError:
+                continue
+            expected = record.data.get("state")
+            waiting = record.state == "awaiting_callback"
+            if (
+                waiting
+                and isinstance(expected, str)
+                and states_equal(expected, received)
+            ):
+                return flow_id
+        return None
 
     def exchange_code(self, flow_id: str) -> FlowRecord:
         """Exchange the received code for tokens (RFC 6749 §4.1.3).

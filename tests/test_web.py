@@ -37,6 +37,7 @@ from flowengine.demo import (
 from flowengine.engine import Store
 from flowengine.oauth.config import ClientConfig
 from flowengine.web import create_app
+from flowengine.web.app import MAX_PENDING_FLOWS
 
 TIMEOUT = 10
 
@@ -760,3 +761,33 @@ def test_secrets_never_in_pages_or_logs(
 def _tokens(demo: Demo, flow_id: str) -> set[str]:
     data = demo.flow_data(flow_id)
     return {data["access_token"], data["refresh_token"]}
+
+
+def test_two_tabs_each_finish_their_grant(demo: Demo) -> None:
+    """Two tabs of one browser start grants; both callbacks succeed."""
+    browser = Browser(demo)
+    first_tab = open_approval_page(browser)
+    first_flow = browser.get("/").text("flow-id")
+    second_tab = open_approval_page(browser)
+    second_flow = browser.get("/").text("flow-id")
+    assert first_flow != second_flow
+
+    page = decide(browser, first_tab, "approve")
+    assert page.text("flow-state") == "token_held"
+    assert page.text("flow-id") == first_flow
+
+    page = decide(browser, second_tab, "approve")
+    assert page.text("flow-state") == "token_held"
+    assert page.text("flow-id") == second_flow
+    assert demo.client.status(first_flow).state == "token_held"
+
+
+def test_pending_grants_per_session_are_capped(demo: Demo) -> None:
+    """Starting more grants than the cap drops the oldest from the session."""
+    browser = Browser(demo)
+    tabs = [open_approval_page(browser) for _ in range(MAX_PENDING_FLOWS + 1)]
+
+    oldest = decide(browser, tabs[0], "approve")
+    assert oldest.status == 400
+    newest = decide(browser, tabs[-1], "approve")
+    assert newest.text("flow-state") == "token_held"

@@ -52,6 +52,14 @@ _NO_PENDING_REQUEST = (
 )
 
 
+# Grants one session may have waiting for a callback at once, one per tab;
+# starting more drops the oldest from the session.
+MAX_PENDING_FLOWS = 5
+
+# States in which the session's current flow starts the next grant itself.
+_RESTARTABLE_STATES = frozenset({"unauthorized", "expired"})
+
+
 def create_app(client: OAuthClient, *, secret_key: bytes | None = None) -> Flask:
     """Build the client web application around `client`.
 
@@ -162,13 +170,26 @@ class ClientPages:
         """Start a grant and redirect the browser to the authorization URL."""
         flow_id = self._startable_flow()
         url = self._client.start(flow_id)
+        browser_session.add_pending_flow(flow_id, MAX_PENDING_FLOWS)
         logger.info("flow %s: sending the browser to authorize", flow_id)
         return redirect(url, code=302)
 
     def callback(self) -> ResponseReturnValue:
-        """Apply the authorization response, then exchange the code."""
-        flow_id = _require_flow(_NO_PENDING_REQUEST)
-        self._client.handle_callback(flow_id, _request_url())
+        """Apply the authorization response, then exchange the code.
+
+        The callback goes to the session's pending flow whose state value it
+        carries, so grants started in two tabs each finish. Without a match
+        it goes to the session's current flow, which rejects it and audits
+        the attempt.
+        """
+        url = _request_url()
+        pending = browser_session.pending_flow_ids()
+        flow_id = self._client.find_flow_for_callback(pending, url)
+        if flow_id is None:
+            flow_id = _require_flow(_NO_PENDING_REQUEST)
+        browser_session.set_flow_id(flow_id)
+        browser_session.remove_pending_flow(flow_id)
+        self._client.handle_callback(flow_id, url)
         logger.info("flow %s: access token received", flow_id)
         flash("Access token received.", "success")
         return redirect("/", code=302)
@@ -226,8 +247,9 @@ class ClientPages:
     def _startable_flow(self) -> str:
         """Return the session's flow if it can start a grant, else a new flow.
 
-        A flow in token_held or refreshing cannot start a grant, so the
-        session gets a new flow. The old flow keeps its tokens and audit trail.
+        A flow that holds a token cannot start a grant, and one that awaits
+        a callback may belong to another tab of the same browser, so both
+        get a new flow. The old flow keeps its tokens and audit trail.
         """
         flow_id = browser_session.flow_id()
         if flow_id is not None and self._can_start(flow_id):
@@ -240,9 +262,10 @@ class ClientPages:
 
     def _can_start(self, flow_id: str) -> bool:
         try:
-            return "start" in self._client.status(flow_id).valid_triggers
+            status = self._client.status(flow_id)
         except FlowNotFoundError:
             return False
+        return status.state in _RESTARTABLE_STATES
 
 
 def _require_flow(explanation: str) -> str:

@@ -21,6 +21,7 @@ SESSION_COOKIE_NAME = "flowengine_client_session"
 CSRF_FIELD = "csrf_token"
 
 _FLOW_KEY = "flow_id"
+_PENDING_KEY = "pending_flow_ids"
 _CSRF_KEY = "csrf_token"
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -46,6 +47,29 @@ def flow_id() -> str | None:
 def set_flow_id(value: str) -> None:
     """Make `value` the session's flow."""
     session[_FLOW_KEY] = value
+
+
+def pending_flow_ids() -> list[str]:
+    """Return the flows this session started that may still await a callback."""
+    value = session.get(_PENDING_KEY)
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, str)]
+
+
+def add_pending_flow(value: str, limit: int) -> None:
+    """Remember `value` as awaiting a callback, keeping the newest `limit`."""
+    pending = [item for item in pending_flow_ids() if item != value]
+    pending.append(value)
+    dropped = pending[:-limit]
+    if dropped:
+        logger.info("session drops pending flows %s over the cap", ", ".join(dropped))
+    session[_PENDING_KEY] = pending[-limit:]
+
+
+def remove_pending_flow(value: str) -> None:
+    """Forget `value` as awaiting a callback."""
+    session[_PENDING_KEY] = [item for item in pending_flow_ids() if item != value]
 
 
 def forget_flow() -> None:
