@@ -80,6 +80,10 @@ REQUIRED_TRIGGERS = (
 # §5.2); any other failure keeps it for a retry.
 _REFRESH_TOKEN_DEAD = frozenset({"invalid_grant", "unauthorized_client"})
 
+# Attempts at saving a refresh outcome; each conflict means another writer
+# saved the flow in between, so this bounds the retries of a storm.
+_LEASE_HOLDER_ATTEMPTS = 50
+
 
 @dataclasses.dataclass(frozen=True)
 class FlowStatus:
@@ -436,6 +440,10 @@ class OAuthClient:
         try:
             return self._call_resource(token)
         except TokenRejected as rejected:
+            # The flow must not keep presenting a token the resource rejected.
+            record = self.engine.load(flow_id)
+            if record.state == "token_held":
+                self._expire(flow_id, record, "resource rejected a refreshed token")
             raise ResourceError(
                 "resource rejected a freshly refreshed token; check that it "
                 "accepts tokens of this authorization server",
@@ -496,9 +504,9 @@ class OAuthClient:
             record = self.engine.load(flow_id)
             lease = self._try_take_lease(flow_id, record)
             if lease is not None:
-                return self._run_refresh(flow_id, lease)
+                return self._checked_token(self._run_refresh(flow_id, lease))
             if record.state == "token_held":
-                return str(record.data["access_token"])
+                return self._checked_token(record)
             if record.state not in ("expired", "refreshing"):
                 raise TokenExpiredError(
                     f"flow {flow_id} holds no token (state {record.state!r}); "
@@ -526,11 +534,13 @@ class OAuthClient:
         elif record.state != "expired":
             return None
         try:
-            return self.engine.fire(flow_id, "refresh")
-        except (ConflictError, InvalidTriggerError):
+            return self.engine.fire(flow_id, "refresh", expected_version=record.version)
+        except (ConflictError, InvalidTriggerError, TransitionError):
+            # Another caller took the lease or finished the refresh since
+            # `record` was read; the caller's loop reads the flow again.
             return None
 
-    def _run_refresh(self, flow_id: str, lease: FireResult) -> str:
+    def _run_refresh(self, flow_id: str, lease: FireResult) -> FlowRecord:
         self._ready()
         lease_id = lease.result
         previous = tokens_of(dict(lease.record.data))
@@ -547,15 +557,43 @@ class OAuthClient:
                 if exc.error in _REFRESH_TOKEN_DEAD
                 else "refresh_failed"
             )
-            self.engine.fire(flow_id, trigger, error=exc, lease_id=lease_id)
+            self._fire_holding_lease(flow_id, trigger, error=exc, lease_id=lease_id)
             raise
         except RemoteError as exc:
-            self.engine.fire(flow_id, "refresh_failed", error=exc, lease_id=lease_id)
+            self._fire_holding_lease(
+                flow_id, "refresh_failed", error=exc, lease_id=lease_id
+            )
             raise
-        result = self.engine.fire(
+        result = self._fire_holding_lease(
             flow_id, "receive_token", token=token, lease_id=lease_id
         )
-        return str(result.record.data["access_token"])
+        return result.record
+
+    def _checked_token(self, record: FlowRecord) -> str:
+        if not self._usable(record):
+            lifetime = float(record.data["expires_at"]) - self.clock.now()
+            raise TokenExpiredError(
+                f"the token endpoint issued flow {record.id} a token that expires "
+                f"in {lifetime:.0f} s, within expiry_leeway "
+                f"({self.config.expiry_leeway:g} s); lower expiry_leeway"
+            )
+        return str(record.data["access_token"])
+
+    def _fire_holding_lease(
+        self, flow_id: str, trigger: str, **inputs: Any
+    ) -> FireResult:
+        """Fire a trigger guarded by the refresh lease, retrying after conflicts.
+
+        The server may already have rotated the refresh token, so giving up
+        on a conflict would lose the only valid tokens. Retrying is safe
+        because the lease guard still decides whether the trigger applies.
+        """
+        for _ in range(_LEASE_HOLDER_ATTEMPTS - 1):
+            try:
+                return self.engine.fire(flow_id, trigger, **inputs)
+            except ConflictError:
+                logger.info("flow %s: %s retried after a conflict", flow_id, trigger)
+        return self.engine.fire(flow_id, trigger, **inputs)
 
     # --- the rest ----------------------------------------------------------
 

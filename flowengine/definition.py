@@ -249,6 +249,14 @@ def parse_definition(
         raise DefinitionError(
             source, "<file>", f"not valid YAML ({exc})", "fix the YAML syntax"
         ) from exc
+    except RecursionError as exc:
+        # PyYAML composes nested collections recursively.
+        raise DefinitionError(
+            source,
+            "<file>",
+            "the YAML nests too deeply to read",
+            "write a flat definition as the file format shows",
+        ) from exc
     return _Validator(source, registry).definition(raw)
 
 
@@ -332,8 +340,10 @@ class _Validator:
             )
         for key in raw:
             if not isinstance(key, str) or key not in allowed:
+                # An empty key would leave the path of a top-level key empty.
+                where = str(key) if path == _TOP else f"{path}.{key}"
                 raise self.fail(
-                    str(key) if path == _TOP else f"{path}.{key}",
+                    where or _TOP,
                     f"unknown key {key!r}",
                     f"use only {', '.join(sorted(allowed))}",
                 )

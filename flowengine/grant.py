@@ -238,8 +238,11 @@ def store_refreshed_tokens(run: Run) -> None:
     old_scope = run.data.get("scope")
     run.data.clear()
     _put_tokens(run, token)
-    if not token.refresh_token and old_refresh:
+    # parse_token_response already copies the held refresh token into a
+    # response without one, so an unchanged token also means it was kept.
+    if old_refresh and token.refresh_token in (None, old_refresh):
         run.data["refresh_token"] = old_refresh
+        run.details["refresh_token_received"] = False
         run.details["refresh_token_kept"] = True
     if token.scope is None and old_scope is not None:
         run.data["scope"] = old_scope

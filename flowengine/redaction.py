@@ -13,10 +13,12 @@ from typing import Any
 MASK = "[secure]"
 
 # Parameter and data names whose values are secrets: the client secret, the
-# authorization code, tokens, the PKCE verifier and the CSRF `state` value.
+# authorization code, tokens, the PKCE verifier, the CSRF `state` value and
+# the refresh lease id, which lets its holder finish or fail a refresh.
 SECRET_NAMES = frozenset(
     {
         "state",
+        "lease_id",
         "code",
         "code_verifier",
         "access_token",

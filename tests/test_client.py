@@ -466,6 +466,7 @@ def test_error_redirect_without_state_keeps_flow_waiting(
     make_client: Callable[[ClientConfig], OAuthClient],
     browser: requests.Session,
 ) -> None:
+    """RFC 6749 §4.1.2.1: access_denied without state cannot end the grant."""
     demo = start_demo(state_on_error=False)
     client = make_client(demo.config())
     flow_id = client.create_flow()
@@ -494,6 +495,7 @@ def test_error_redirect_without_state_keeps_flow_waiting(
 def test_error_redirect_with_state_ends_grant(
     client: OAuthClient, browser: requests.Session
 ) -> None:
+    """RFC 6749 §4.1.2.1: access_denied with the right state ends the grant."""
     flow_id = client.create_flow()
     callback = deny(browser, client.start(flow_id))
 
@@ -722,6 +724,7 @@ def test_broken_code_exchange_keeps_code(
     browser: requests.Session,
     make_client: Callable[[ClientConfig], OAuthClient],
 ) -> None:
+    """RFC 6749 §4.1.3: a failed exchange keeps the code for a retry."""
     script, expected = BROKEN_TOKEN_ENDPOINTS[case]
     with ScriptedServer(script) as server:
         hostile = make_client(hostile_config(demo, f"{server.url}/token"))
@@ -775,6 +778,7 @@ def test_code_exchange_error_with_status_200_ends_grant(
     browser: requests.Session,
     make_client: Callable[[ClientConfig], OAuthClient],
 ) -> None:
+    """RFC 6749 §5.2: an error body is an error whatever the HTTP status."""
     body = {"error": "invalid_grant", "error_description": "code expired"}
     with ScriptedServer(reply(200, body)) as server:
         hostile = make_client(hostile_config(demo, f"{server.url}/token"))
@@ -799,6 +803,7 @@ def test_html_500_error_names_status_and_excerpt(
     browser: requests.Session,
     make_client: Callable[[ClientConfig], OAuthClient],
 ) -> None:
+    """RFC 6749 §5.2: an HTML 500 page is no OAuth error response."""
     script = reply(500, HTML_500, content_type="text/html")
     with ScriptedServer(script) as server:
         hostile = make_client(hostile_config(demo, f"{server.url}/token"))
@@ -909,6 +914,7 @@ def test_explicit_refresh_failure_keeps_tokens(
     browser: requests.Session,
     make_client: Callable[[ClientConfig], OAuthClient],
 ) -> None:
+    """RFC 6749 §6: a refresh that times out keeps both tokens."""
     good = make_client(demo.config())
     flow_id = full_grant(good, browser)
     granted = dict(good.engine.load(flow_id).data)
@@ -965,6 +971,7 @@ def test_resource_401_twice_refreshes_once(
     browser: requests.Session,
     make_client: Callable[[ClientConfig], OAuthClient],
 ) -> None:
+    """RFC 6750 §3.1: invalid_token leads to one refresh and one retry."""
     challenge = {"WWW-Authenticate": 'Bearer realm="r", error="invalid_token"'}
     with ScriptedServer(reply(401, b"", headers=challenge)) as server:
         client, flow_id = resource_client(demo, server, browser, make_client)
@@ -981,7 +988,7 @@ def test_resource_401_twice_refreshes_once(
     assert len(sent) == 2
     assert sent[0] == f"Bearer {first_token}"
     assert sent[1] != sent[0]
-    assert client.status(flow_id).state == "token_held"
+    assert client.status(flow_id).state == "expired"
 
 
 def test_resource_403_insufficient_scope_does_not_refresh(
@@ -989,6 +996,7 @@ def test_resource_403_insufficient_scope_does_not_refresh(
     browser: requests.Session,
     make_client: Callable[[ClientConfig], OAuthClient],
 ) -> None:
+    """RFC 6750 §3.1: insufficient_scope is no reason to refresh."""
     challenge = {"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="admin"'}
     with ScriptedServer(reply(403, b"", headers=challenge)) as server:
         client, flow_id = resource_client(demo, server, browser, make_client)

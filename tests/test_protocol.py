@@ -199,6 +199,7 @@ def test_parse_callback_accepts_bare_query() -> None:
 
 
 def test_parse_callback_reads_error_with_state() -> None:
+    """RFC 6749 §4.1.2.1: an error response echoes state."""
     callback = parse_callback(
         "http://localhost:9000/callback?error=access_denied"
         "&error_description=user+said+no&error_uri=https%3A%2F%2Fas%2Fe&state=st"
@@ -214,6 +215,7 @@ def test_parse_callback_reads_error_with_state() -> None:
 
 
 def test_parse_callback_reads_error_without_state() -> None:
+    """RFC 6749 §4.1.2.1 requires state, but some servers omit it on errors."""
     callback = parse_callback("http://localhost:9000/callback?error=access_denied")
 
     assert callback.error == "access_denied"
@@ -221,6 +223,7 @@ def test_parse_callback_reads_error_without_state() -> None:
 
 
 def test_parse_callback_keeps_unknown_error_code() -> None:
+    """RFC 6749 §4.1.2.1: servers send codes beyond the listed ones."""
     callback = parse_callback("error=server_is_on_fire&state=st")
 
     assert callback.as_error().error == "server_is_on_fire"
@@ -228,6 +231,7 @@ def test_parse_callback_keeps_unknown_error_code() -> None:
 
 
 def test_parse_callback_without_code_or_error_is_rejected() -> None:
+    """RFC 6749 §4.1.2: a response carries either code or error."""
     with pytest.raises(ProtocolError, match="neither 'code' nor 'error'"):
         parse_callback("http://localhost:9000/callback?state=st")
 
@@ -261,6 +265,7 @@ def test_callback_repr_hides_code_and_state() -> None:
 
 
 def test_basic_authorization_form_encodes_before_base64() -> None:
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then base64."""
     header = basic_authorization("client id:1", "p+/ :=s")
 
     scheme, _, value = header.partition(" ")
@@ -387,6 +392,7 @@ def test_parse_token_response_reads_json() -> None:
 
 
 def test_parse_token_response_reads_form_body() -> None:
+    """RFC 6749 §5.1 specifies JSON, but some servers reply in form encoding."""
     response = raw_response(
         "access_token=at%2B1&token_type=bearer&expires_in=60",
         content_type="application/x-www-form-urlencoded; charset=utf-8",
@@ -400,6 +406,7 @@ def test_parse_token_response_reads_form_body() -> None:
 
 
 def test_parse_token_response_accepts_json_as_text_plain() -> None:
+    """RFC 6749 §5.1 specifies application/json, but some servers send text/plain."""
     response = json_response(
         {"access_token": "at", "token_type": "Bearer"}, content_type="text/plain"
     )
@@ -408,6 +415,7 @@ def test_parse_token_response_accepts_json_as_text_plain() -> None:
 
 
 def test_token_error_with_status_200() -> None:
+    """RFC 6749 §5.2 specifies HTTP 400, but some servers send errors with 200."""
     response = json_response(
         {"error": "invalid_grant", "error_description": "code used"}, status=200
     )
@@ -449,6 +457,7 @@ def test_token_error_code_not_text() -> None:
 
 
 def test_parse_token_response_reads_expires_in_string() -> None:
+    """RFC 6749 §5.1 specifies a number, but some servers send a string."""
     response = json_response(
         {"access_token": "at", "token_type": "Bearer", "expires_in": "3600"}
     )
@@ -479,6 +488,7 @@ def test_parse_token_response_reads_expires_in_string() -> None:
     ],
 )
 def test_parse_token_response_invalid_expires_in_means_unknown(raw: str) -> None:
+    """RFC 6749 §5.1 makes expires_in optional, so an unusable value means unknown."""
     text = f'{{"access_token": "at", "token_type": "Bearer", "expires_in": {raw}}}'
 
     token = parse_token_response(raw_response(text), REQUESTED_AT)
@@ -501,6 +511,7 @@ def test_parse_expires_in_accepts_zero_and_fractions() -> None:
 
 @pytest.mark.parametrize("token_type", ["bearer", "BEARER", "Bearer", "bEaReR"])
 def test_parse_token_response_normalises_token_type(token_type: str) -> None:
+    """RFC 6749 §5.1: token_type is case insensitive."""
     response = json_response({"access_token": "at", "token_type": token_type})
 
     assert parse_token_response(response, REQUESTED_AT).token_type == "Bearer"
@@ -508,6 +519,7 @@ def test_parse_token_response_normalises_token_type(token_type: str) -> None:
 
 @pytest.mark.parametrize("token_type", ["mac", "DPoP", "", None, 7])
 def test_parse_token_response_rejects_other_token_types(token_type: object) -> None:
+    """RFC 6749 §7.1: a client must not use a token type it does not understand."""
     response = json_response({"access_token": "at", "token_type": token_type})
 
     with pytest.raises(ProtocolError, match="token_type"):
@@ -522,6 +534,7 @@ def test_parse_token_response_without_token_type_is_rejected() -> None:
 
 
 def test_parse_token_response_html_500_is_protocol_error() -> None:
+    """RFC 6749 §5.2: an error page without an OAuth error gives status and excerpt."""
     page = (
         "<!doctype html><html><head><title>500 Internal Server Error</title>"
         "</head><body>\n\n<h1>Internal Server Error</h1>\n"
@@ -656,6 +669,7 @@ def test_mask_secrets_in_text(text: str, expected: str) -> None:
 
 
 def test_refresh_response_without_refresh_token_keeps_previous() -> None:
+    """RFC 6749 §6: the server may omit a new refresh token."""
     previous = TokenSet("old-at", "Bearer", 1.0, "old-rt", "foo bar")
     response = json_response(
         {"access_token": "new-at", "token_type": "Bearer", "expires_in": 60}
@@ -758,6 +772,7 @@ def test_read_resource_response_returns_body() -> None:
 
 
 def test_read_resource_response_401_is_token_rejected() -> None:
+    """RFC 6750 §3.1: invalid_token with 401."""
     response = HttpResponse(
         401,
         {"WWW-Authenticate": 'Bearer realm="r", error="invalid_token"'},
@@ -771,6 +786,7 @@ def test_read_resource_response_401_is_token_rejected() -> None:
 
 
 def test_read_resource_response_401_without_challenge() -> None:
+    """RFC 6750 §3: a 401 may come without error details."""
     with pytest.raises(TokenRejected) as caught:
         read_resource_response(HttpResponse(401, {}, b""))
 
@@ -778,6 +794,7 @@ def test_read_resource_response_401_without_challenge() -> None:
 
 
 def test_read_resource_response_403_carries_scope() -> None:
+    """RFC 6750 §3.1: insufficient_scope with 403 names the scope needed."""
     response = HttpResponse(
         403,
         {"www-authenticate": 'Bearer error="insufficient_scope", scope="admin"'},

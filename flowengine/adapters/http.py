@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import requests
 import urllib3
 
-from flowengine.errors import ProtocolError, TransportError
+from flowengine.errors import ConfigError, ProtocolError, TransportError
 from flowengine.oauth.http import HttpRequest, HttpResponse
 from flowengine.redaction import redact_url
 
@@ -27,7 +27,11 @@ class HttpClient:
             bounds the whole body: a server that sends a trickle of bytes is
             cut off once the read timeout has passed since the headers.
         max_body: responses larger than this many bytes are rejected.
-        session: a requests.Session to reuse; one is created if omitted.
+        session: a requests.Session to reuse; one is created if omitted. Its
+            `verify` may name a CA bundle but must not be False.
+
+    Raises:
+        ConfigError: `session` has TLS certificate verification turned off.
     """
 
     def __init__(
@@ -40,8 +44,16 @@ class HttpClient:
         self.timeout = timeout
         self.max_body = max_body
         self.session = session or requests.Session()
-        # Authorization servers and resources are configured explicitly; a
-        # proxy from the environment would see every token.
+        if self.session.verify is False:
+            raise ConfigError(
+                "the HTTP session has TLS certificate verification turned off "
+                "(verify=False); leave it on, or set verify to the path of a CA "
+                "bundle that signs the servers' certificates"
+            )
+        # Authorization servers and resources are configured explicitly. With
+        # trust_env on, a proxy from the environment would see every token, and
+        # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE could change which certificates
+        # are trusted.
         self.session.trust_env = False
 
     def send(self, request: HttpRequest) -> HttpResponse:
@@ -108,6 +120,12 @@ class HttpClient:
                         f"{self._describe_timeout()}",
                         url=url,
                     )
+        except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
+            raise TransportError(
+                f"reading the response from {url} timed out after "
+                f"{self._describe_timeout()}",
+                url=url,
+            ) from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise TransportError(
                 f"reading the response from {url} failed: {type(exc).__name__}",

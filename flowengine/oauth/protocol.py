@@ -30,7 +30,7 @@ EXCERPT_LENGTH = 200
 
 # RFC 6749 §A.7 and §A.8: error and error_description use printable ASCII
 # except '"' and '\'.
-_ERROR_CHARS = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]*$")
+_ERROR_CHARS = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*\Z")
 
 # A secret written into free text by a server that echoes the request: a
 # form pair ("code=..."), a header line ("authorization: Bearer ...") or a
@@ -41,6 +41,8 @@ _SECRET_IN_TEXT = re.compile(
     + "|".join(sorted(SECRET_NAMES, key=len, reverse=True))
     + r")(['\"]?\s*(?:=|:|%3D)\s*['\"]?)(?:(?:basic|bearer)\s+)?[^\s&'\"<>,;]+"
 )
+
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 _CALLBACK_FIELDS = ("code", "state", "error", "error_description", "error_uri", "iss")
 
@@ -119,7 +121,10 @@ def parse_callback(url_or_query: str) -> Callback:
     """
     query = url_or_query
     if "?" in url_or_query or "://" in url_or_query:
-        query = urllib.parse.urlsplit(url_or_query).query
+        try:
+            query = urllib.parse.urlsplit(url_or_query).query
+        except ValueError as exc:
+            raise ProtocolError(f"callback URL is malformed ({exc})") from exc
     try:
         pairs = urllib.parse.parse_qsl(
             query, keep_blank_values=True, errors="strict", max_num_fields=50
@@ -301,9 +306,13 @@ def _token_set(
     status: int,
 ) -> TokenSet:
     access_token = body.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
+    if not isinstance(access_token, str) or not _TOKEN_CHARS.fullmatch(access_token):
+        # RFC 6749 §A.12 allows printable ASCII; a space or control character
+        # could not be sent in an Authorization header.
         raise ProtocolError(
-            "token response lacks a valid 'access_token'", status=status
+            "token response lacks a valid 'access_token' (it must be printable "
+            "ASCII without spaces)",
+            status=status,
         )
     token_type = body.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
@@ -458,7 +467,10 @@ def _excerpt(response: HttpResponse) -> str:
     except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
-        text = json.dumps(redact_mapping(parsed))
+        try:
+            text = json.dumps(redact_mapping(parsed))
+        except RecursionError:
+            text = text[:EXCERPT_LENGTH]
     elif "=" in text and " " not in text.strip():
         text = redact_query(text.strip())
     return " ".join(mask_secrets_in_text(text).split())[:EXCERPT_LENGTH]
