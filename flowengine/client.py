@@ -380,6 +380,9 @@ class OAuthClient:
                 "receive_token",
                 self.engine.valid_triggers(record.state),
             )
+        # NOTE: two concurrent retries of a failed exchange both send the
+        # code; the server rejects the second (RFC 6749 §4.1.2). A callback
+        # itself is exchanged once, since receive_code is a compare-and-set.
         request = token_request(
             self.config, record.data["code"], record.data["code_verifier"]
         )

@@ -42,7 +42,14 @@ _OPTIONAL_URLS = (
 
 
 def default_store_path() -> str:
-    """Return the default SQLite file: $XDG_STATE_HOME/flowengine/flows.sqlite3."""
+    """Return the default store: $FLOWENGINE_STORE if set, else a SQLite file.
+
+    The file is $XDG_STATE_HOME/flowengine/flows.sqlite3, or
+    ~/.local/state/flowengine/flows.sqlite3 without XDG_STATE_HOME.
+    """
+    from_environment = os.environ.get("FLOWENGINE_STORE")
+    if from_environment:
+        return from_environment
     state_home = os.environ.get("XDG_STATE_HOME") or str(
         Path.home() / ".local" / "state"
     )
