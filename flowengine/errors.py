@@ -178,6 +178,17 @@ class ProtocolError(RemoteError):
         super().__init__(f"{message}{detail}{tail}")
 
 
+class StoreUnavailableError(RemoteError):
+    """The shared store (Redis or PostgreSQL) cannot be reached or used.
+
+    The message names the server's host and port, never its password. The
+    flow is unchanged as far as this caller knows; retry once the store is
+    back.
+    """
+
+    code = "store_unavailable"
+
+
 class RefreshTimeoutError(RemoteError):
     """Another caller held the refresh lease for longer than this one waits.
 
