@@ -1,4 +1,4 @@
-"""The `flowengine` command line: demo, serve, repl, flows, audit and diagram."""
+"""The `flowengine` command line: demo, serve, repl, flows, audit, diagram, purge."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from flowengine.errors import FlowEngineError
+from flowengine.errors import ConfigError, FlowEngineError
 from flowengine.oauth.config import ClientConfig, load_config
 from flowengine.records import AuditEvent
 
@@ -129,6 +129,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_options(diagram)
     diagram.set_defaults(run=_run_diagram)
+
+    purge = commands.add_parser(
+        "purge",
+        help="abandon expired pending grants and delete old flows in unauthorized",
+        description=(
+            "Fire `abandon` on every flow whose authorization request or "
+            "received code is older than pending_lifetime, which drops its "
+            "state value, PKCE verifier and code. Then delete every flow in "
+            "unauthorized, with its audit trail, that has not changed for the "
+            "retention period."
+        ),
+    )
+    purge.add_argument(
+        "--retention",
+        type=float,
+        metavar="SECONDS",
+        help="seconds to keep a flow in unauthorized after its last change "
+        "(default: audit_retention from the configuration, which defaults to "
+        "30 days)",
+    )
+    _add_config_options(purge)
+    purge.set_defaults(run=_run_purge)
 
     repl = commands.add_parser(
         "repl",
@@ -355,6 +377,30 @@ def _run_diagram(args: argparse.Namespace) -> int:
     if args.flow_id:
         current = open_store(_config_from(args).store).load(args.flow_id).state
     print(draw(definition, current), end="")
+    return 0
+
+
+def _run_purge(args: argparse.Namespace) -> int:
+    from flowengine.client import OAuthClient
+
+    config = _config_from(args)
+    retention = config.audit_retention if args.retention is None else args.retention
+    # Checked before anything is written; `not >` also rejects NaN.
+    if not retention > 0:
+        raise ConfigError(
+            f"--retention must be greater than 0 seconds, not {args.retention}"
+        )
+    client = OAuthClient(config)
+    try:
+        abandoned = client.expire_abandoned()
+        deleted = client.purge(retention)
+    finally:
+        client.close()
+    print(f"abandoned {len(abandoned)} expired pending flow(s)")
+    print(
+        f"deleted {len(deleted)} flow(s) in unauthorized unchanged for "
+        f"{retention:.12g} s, with their audit trails"
+    )
     return 0
 
 

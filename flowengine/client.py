@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from flowengine.adapters.clock import SystemClock
 from flowengine.definition import FlowDefinition, load_definition
 from flowengine.engine import Clock, Engine, FireResult, Store
 from flowengine.errors import (
+    ConfigError,
     ConflictError,
     DefinitionError,
     FlowNotFoundError,
@@ -32,7 +34,7 @@ from flowengine.errors import (
     TransitionError,
     TransportError,
 )
-from flowengine.grant import REGISTRY, tokens_of
+from flowengine.grant import REGISTRY, pending_expired, tokens_of
 from flowengine.oauth.config import ClientConfig
 from flowengine.oauth.metadata import (
     ServerMetadata,
@@ -74,6 +76,7 @@ REQUIRED_TRIGGERS = (
     "reject_refresh",
     "refresh_failed",
     "logout",
+    "abandon",
 )
 
 # OAuth errors after which the refresh token is known to be dead (RFC 6749
@@ -650,6 +653,111 @@ class OAuthClient:
                 )
                 return False
         return True
+
+    # --- expiry and retention ----------------------------------------------
+
+    def expire_abandoned(self) -> list[str]:
+        """Fire `abandon` on every flow whose pending request expired.
+
+        A flow in awaiting_callback or code_received whose
+        `pending_expires_at` has passed loses its state value, PKCE verifier
+        and code, and goes to unauthorized. Its audit trail records the
+        `abandon` event. Flows of other definitions are left alone, and a
+        flow that another caller moves meanwhile is skipped.
+
+        Returns:
+            The ids of the abandoned flows.
+        """
+        now = self.clock.now()
+        abandoned: list[str] = []
+        for record in self._own_flows():
+            if "abandon" not in self.engine.valid_triggers(record.state):
+                continue
+            if not pending_expired(record.data, now):
+                continue
+            if self._abandon(record):
+                abandoned.append(record.id)
+        logger.info(
+            "abandoned %d flow(s) with an expired pending request: %s",
+            len(abandoned),
+            ", ".join(abandoned) or "none",
+        )
+        return abandoned
+
+    def _abandon(self, record: FlowRecord) -> bool:
+        try:
+            self.engine.fire(record.id, "abandon", expected_version=record.version)
+        except (
+            ConflictError,
+            FlowNotFoundError,
+            InvalidTriggerError,
+            TransitionError,
+        ) as exc:
+            # Another caller moved or deleted the flow since it was listed.
+            logger.info("flow %s: not abandoned: %s", record.id, exc)
+            return False
+        return True
+
+    def purge(self, retention: float | None = None) -> list[str]:
+        """Delete flows in unauthorized that have not changed for `retention`.
+
+        A flow is deleted with its audit trail when its `updated_at` is older
+        than now minus `retention`. Flows in any other state and flows of
+        other definitions are kept. Each deletion is a compare-and-set on the
+        version that was read, so a flow that another caller starts again
+        meanwhile is kept.
+
+        Args:
+            retention: seconds to keep a flow after its last change; the
+                configured `audit_retention` when None.
+
+        Returns:
+            The ids of the deleted flows.
+
+        Raises:
+            ConfigError: `retention` is not a number greater than 0.
+        """
+        seconds = self._retention(retention)
+        cutoff = self.clock.now() - seconds
+        deleted: list[str] = []
+        for record in self._own_flows():
+            if record.state != "unauthorized" or record.updated_at >= cutoff:
+                continue
+            try:
+                self.store.delete(record.id, expected_version=record.version)
+            except (ConflictError, FlowNotFoundError) as exc:
+                logger.info("flow %s: not purged: %s", record.id, exc)
+                continue
+            deleted.append(record.id)
+        logger.info(
+            "purged %d flow(s) in unauthorized unchanged for %.12g s: %s",
+            len(deleted),
+            seconds,
+            ", ".join(deleted) or "none",
+        )
+        return deleted
+
+    def _retention(self, retention: float | None) -> float:
+        if retention is None:
+            return self.config.audit_retention
+        if (
+            isinstance(retention, bool)
+            or not isinstance(retention, int | float)
+            or math.isnan(retention)
+            or retention <= 0
+        ):
+            raise ConfigError(
+                f"retention must be a number of seconds greater than 0, "
+                f"not {retention!r}"
+            )
+        return float(retention)
+
+    def _own_flows(self) -> list[FlowRecord]:
+        # NOTE: this loads every flow of the store, because the Store
+        # protocol has no query by state or age. The cost grows with the
+        # store's size.
+        name = self.definition.name
+        return [record for record in self.store.flows() if record.definition == name]
 
     def status(self, flow_id: str) -> FlowStatus:
         """Return what may be shown of a flow, with no secret in it."""

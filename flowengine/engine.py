@@ -46,6 +46,11 @@ class Store(Protocol):
     `commit` is a compare-and-set: it saves `record` only if the stored
     version is `record.version - 1`, and appends `event` in the same atomic
     write. A store raises ConflictError when the check fails.
+
+    `delete` removes a flow's record and its audit events in one atomic
+    write. With `expected_version` it is a compare-and-set too, and deletes
+    nothing when the stored version differs. It raises FlowNotFoundError
+    when the flow does not exist.
     """
 
     def create(self, record: FlowRecord, event: AuditEvent) -> None: ...
@@ -57,6 +62,8 @@ class Store(Protocol):
     def events(self, flow_id: str) -> list[AuditEvent]: ...
 
     def flows(self) -> list[FlowRecord]: ...
+
+    def delete(self, flow_id: str, *, expected_version: int | None = None) -> None: ...
 
 
 @dataclasses.dataclass

@@ -6,7 +6,8 @@ and the flow's data; actions rewrite the data. The engine's context is the
 
 - pending request: `state`, `code_verifier`, `pending_expires_at`,
   `requested_scope`, `issuer` (the issuer the request went to, if known);
-- after the callback: `code`, `code_verifier`;
+- after the callback: `code`, `code_verifier`, `issuer`, and
+  `pending_expires_at`, now counted from the code's arrival;
 - with a token: `access_token`, `token_type`, `expires_at` (None for an
   unknown lifetime), `refresh_token`, `scope`;
 - while refreshing: `lease_id`, `lease_expires_at`;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from flowengine.definition import Registry
@@ -85,7 +87,7 @@ def callback_state_matches(run: Run) -> bool:
             f"callback 'state' does not match the grant started by flow "
             f"{run.flow_id}; it belongs to another request or was forged"
         )
-    if run.now >= float(run.data.get("pending_expires_at", 0)):
+    if pending_expired(run.data, run.now):
         raise StateMismatchError(
             f"the authorization request of flow {run.flow_id} expired before "
             "the callback arrived; start the grant again"
@@ -152,6 +154,34 @@ def refresh_lease_expired(run: Run) -> bool:
     return run.now >= float(run.data.get("lease_expires_at", 0))
 
 
+@REGISTRY.guard("pending_request_expired")
+def pending_request_expired(run: Run) -> bool:
+    """Check that the pending request or the received code passed its expiry.
+
+    A flow without `pending_expires_at` counts as expired. Raises
+    TransitionError while the request is still live, so the audit trail
+    records why the flow was kept.
+    """
+    if pending_expired(run.data, run.now):
+        return True
+    expires_at = float(run.data["pending_expires_at"])
+    raise TransitionError(
+        f"the pending request of flow {run.flow_id} expires in "
+        f"{expires_at - run.now:.0f} s; abandon it after that",
+        code="pending_request_live",
+    )
+
+
+def pending_expired(data: Mapping[str, Any], now: float) -> bool:
+    """Return whether the pending request or code in `data` expired at `now`.
+
+    Data without `pending_expires_at` counts as expired.
+    """
+    # NOTE: a code_received flow saved before store_code recorded
+    # pending_expires_at has none, so `abandon` may drop its code at once.
+    return now >= float(data.get("pending_expires_at", 0))
+
+
 @REGISTRY.guard("holds_refresh_lease")
 def holds_refresh_lease(run: Run) -> bool:
     lease = run.inputs.get("lease_id")
@@ -189,12 +219,22 @@ def begin_authorization(run: Run) -> None:
 
 @REGISTRY.action("store_code")
 def store_code(run: Run) -> None:
-    """Use up the state value and keep the code with its verifier."""
+    """Use up the state value and keep the code with its verifier.
+
+    The code gets its own `pending_lifetime` from now, so a failed exchange
+    can be retried for that long before `abandon` drops the code.
+    """
+    config = _config(run)
     callback = _callback(run)
     verifier = run.data["code_verifier"]
     issuer = run.data.get("issuer")
     run.data.clear()
-    run.data.update(code=callback.code, code_verifier=verifier, issuer=issuer)
+    run.data.update(
+        code=callback.code,
+        code_verifier=verifier,
+        issuer=issuer,
+        pending_expires_at=run.now + config.pending_lifetime,
+    )
     if callback.iss is not None:
         run.details["iss"] = callback.iss[:200]
 

@@ -90,6 +90,7 @@ def test_shipped_definition_triggers() -> None:
         "start",
         "receive_code",
         "receive_error",
+        "abandon",
         "receive_token",
         "reject_code",
         "exchange_failed",

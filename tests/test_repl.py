@@ -654,7 +654,7 @@ def test_flow_repr_shows_state_without_secret(servers: Servers, tmp_path: Path) 
 
     assert pending_repr == (
         f"Flow(id={flow.flow_id!r}, state='awaiting_callback', valid_triggers="
-        "('start', 'receive_code', 'receive_error', 'logout'))"
+        "('start', 'receive_code', 'receive_error', 'abandon', 'logout'))"
     )
     assert held_repr == (
         f"Flow(id={flow.flow_id!r}, state='token_held', "

@@ -432,6 +432,143 @@ def test_loaded_events_are_copies(store: Store) -> None:
     assert store.events("f1")[0].details == {"steps": ["a"]}
 
 
+def test_store_delete_removes_flow_and_events(store: Store) -> None:
+    create(store)
+    commit(store, "f1", 1, n=1)
+
+    store.delete("f1")
+
+    with pytest.raises(FlowNotFoundError):
+        store.load("f1")
+    with pytest.raises(FlowNotFoundError):
+        store.events("f1")
+    assert store.flows() == []
+
+
+def test_store_delete_keeps_other_flows(store: Store) -> None:
+    create(store, "f1")
+    create(store, "f2", n=2)
+    kept = commit(store, "f2", 1, n=3)
+    kept_events = store.events("f2")
+
+    store.delete("f1")
+
+    assert store.flows() == [kept]
+    assert store.load("f2") == kept
+    assert store.events("f2") == kept_events
+
+
+def test_store_delete_missing_raises_not_found(store: Store) -> None:
+    create(store)
+
+    with pytest.raises(FlowNotFoundError) as caught:
+        store.delete("absent")
+
+    assert caught.value.flow_id == "absent"
+    assert len(store.flows()) == 1
+
+
+def test_store_delete_twice_raises_not_found(store: Store) -> None:
+    create(store)
+    store.delete("f1")
+
+    with pytest.raises(FlowNotFoundError):
+        store.delete("f1")
+
+
+def test_store_delete_at_expected_version(store: Store) -> None:
+    create(store)
+    commit(store, "f1", 1)
+
+    store.delete("f1", expected_version=1)
+
+    assert store.flows() == []
+
+
+@pytest.mark.parametrize("version", [0, 2, -1])
+def test_store_delete_wrong_version_removes_nothing(store: Store, version: int) -> None:
+    create(store)
+    record = commit(store, "f1", 1, n=1)
+
+    with pytest.raises(ConflictError) as caught:
+        store.delete("f1", expected_version=version)
+
+    assert caught.value.expected_version == version
+    assert store.load("f1") == record
+    assert [e.sequence for e in store.events("f1")] == [0, 1]
+
+
+def test_store_commit_after_delete_raises_not_found(store: Store) -> None:
+    create(store)
+    store.delete("f1")
+
+    with pytest.raises(FlowNotFoundError):
+        commit(store, "f1", 1)
+
+    assert store.flows() == []
+
+
+def test_store_create_after_delete_starts_new_trail(store: Store) -> None:
+    create(store, n=1)
+    commit(store, "f1", 1, n=2)
+    store.delete("f1")
+
+    record = create(store, n=3)
+
+    assert store.load("f1") == record
+    assert store.events("f1") == [make_event()]
+    assert store.flows() == [record]
+
+
+def test_store_delete_races_commit(store: Store) -> None:
+    create(store)
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def close_thread_connection() -> None:
+        # SQLiteStore.close closes only the calling thread's connection.
+        if isinstance(store, SQLiteStore):
+            store.close()
+
+    def delete() -> None:
+        barrier.wait()
+        try:
+            store.delete("f1", expected_version=0)
+        except ConflictError:
+            outcomes["delete"] = "conflict"
+        else:
+            outcomes["delete"] = "deleted"
+        finally:
+            close_thread_connection()
+
+    def save() -> None:
+        barrier.wait()
+        try:
+            commit(store, "f1", 1, n=1)
+        except FlowNotFoundError:
+            outcomes["commit"] = "not found"
+        else:
+            outcomes["commit"] = "saved"
+        finally:
+            close_thread_connection()
+
+    threads = [threading.Thread(target=delete), threading.Thread(target=save)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes in (
+        {"delete": "deleted", "commit": "not found"},
+        {"delete": "conflict", "commit": "saved"},
+    )
+    if outcomes["delete"] == "deleted":
+        assert store.flows() == []
+    else:
+        assert store.load("f1").version == 1
+        assert [e.sequence for e in store.events("f1")] == [0, 1]
+
+
 # --- SQLite ----------------------------------------------------------------
 
 
@@ -813,6 +950,43 @@ def test_redis_keys_live_under_prefix(redis_backend: Backend) -> None:
     store.close()
 
 
+def test_redis_delete_removes_every_key(redis_backend: Backend) -> None:
+    store = cast(Any, redis_backend.open())
+    prefix = store.prefix
+    create(store, "f1")
+    commit(store, "f1", 1)
+    create(store, "f2")
+    client = redis_client()
+
+    store.delete("f1")
+
+    keys = sorted(client.scan_iter(match=f"{prefix}*"))
+    assert keys == [f"{prefix}events:f2", f"{prefix}flow:f2", f"{prefix}flows"]
+    assert client.zrange(f"{prefix}flows", 0, -1) == ["f2"]
+    client.close()
+    store.close()
+
+
+def test_redis_delete_foreign_key_type_removes_nothing(
+    redis_backend: Backend,
+) -> None:
+    import redis
+
+    store = cast(Any, redis_backend.open())
+    original = create(store)
+    client = redis_client()
+    client.delete(f"{store.prefix}flows")
+    client.set(f"{store.prefix}flows", "not a sorted set")
+
+    with pytest.raises(redis.exceptions.ResponseError):
+        store.delete("f1")
+
+    assert store.load("f1") == original
+    assert store.events("f1") == [make_event()]
+    client.close()
+    store.close()
+
+
 def test_redis_prefixes_keep_stores_apart(redis_backend: Backend) -> None:
     first = redis_backend.open()
     other_prefix = f"flowengine-test-{secrets.token_hex(8)}:"
@@ -1060,6 +1234,35 @@ def test_postgres_flows_ordered_by_update(postgres_backend: Backend) -> None:
     commit(store, "a", 1)
 
     assert [record.id for record in store.flows()] == ["b", "a"]
+    store.close()
+
+
+def test_postgres_delete_removes_rows(postgres_backend: Backend) -> None:
+    import psycopg
+    from psycopg import sql
+
+    store = cast(Any, postgres_backend.open())
+    create(store, "f1")
+    commit(store, "f1", 1)
+    create(store, "f2")
+
+    store.delete("f1")
+
+    with psycopg.connect(POSTGRES_URL) as conn:
+        counts = [
+            conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                    sql.Identifier(store.schema, table), sql.Identifier(column)
+                ),
+                (flow_id,),
+            ).fetchone()
+            for table, column, flow_id in [
+                ("flowengine_flows", "id", "f1"),
+                ("flowengine_audit_events", "flow_id", "f1"),
+                ("flowengine_audit_events", "flow_id", "f2"),
+            ]
+        ]
+    assert counts == [(0,), (0,), (1,)]
     store.close()
 
 

@@ -56,6 +56,23 @@ class MemoryStore:
         with self._lock:
             return [_copy(r) for r in self._records.values()]
 
+    def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
+        """Remove the flow and its audit trail.
+
+        Raises:
+            FlowNotFoundError: no such flow.
+            ConflictError: `expected_version` is given and differs from the
+                stored version; nothing is removed.
+        """
+        with self._lock:
+            current = self._records.get(flow_id)
+            if current is None:
+                raise FlowNotFoundError(flow_id)
+            if expected_version is not None and current.version != expected_version:
+                raise ConflictError(flow_id, expected_version)
+            del self._records[flow_id]
+            del self._events[flow_id]
+
     def close(self) -> None:
         """Release nothing: present so every store closes the same way."""
 

@@ -4,7 +4,9 @@ Two tables, created when missing: `flowengine_flows` with one row per flow
 and its data as JSONB, and `flowengine_audit_events` with one row per audit
 event and its details as JSONB. Each `commit` is one transaction holding the
 compare-and-set `UPDATE ... WHERE id = ... AND version = ...` of the flow and
-the insert of its event, so a failed check writes nothing.
+the insert of its event, so a failed check writes nothing. Each `delete` is
+one transaction that locks the flow's row, then removes its events and the
+row.
 
 JSONB keeps numbers as `numeric`, so a float that JSON writes with an
 exponent and no fraction, such as 1e+300, loads back as an int, and it
@@ -224,6 +226,38 @@ class PostgresStore:
                 )
             ).fetchall()
         return [_record(row) for row in rows]
+
+    def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
+        """Remove the flow and its audit events in one transaction.
+
+        Raises:
+            FlowNotFoundError: no such flow.
+            ConflictError: `expected_version` is given and differs from the
+                stored version; nothing is removed.
+        """
+        with self._transaction(writing=True) as conn:
+            # FOR UPDATE makes a concurrent commit wait, so it cannot add an
+            # event between the version check and the deletes.
+            row = conn.execute(
+                sql.SQL("SELECT version FROM {flows} WHERE id = %s FOR UPDATE").format(
+                    flows=self._flows
+                ),
+                (flow_id,),
+            ).fetchone()
+            if row is None:
+                raise FlowNotFoundError(flow_id)
+            if expected_version is not None and int(row[0]) != expected_version:
+                raise ConflictError(flow_id, expected_version)
+            conn.execute(
+                sql.SQL("DELETE FROM {events} WHERE flow_id = %s").format(
+                    events=self._events
+                ),
+                (flow_id,),
+            )
+            conn.execute(
+                sql.SQL("DELETE FROM {flows} WHERE id = %s").format(flows=self._flows),
+                (flow_id,),
+            )
 
     def close(self) -> None:
         """Close every connection of the store."""

@@ -8,7 +8,7 @@ Every key starts with a prefix (`flowengine:` by default):
   first;
 - `<prefix>flows`: a sorted set of flow ids scored by `updated_at`.
 
-`create` and `commit` each run one Lua script. Redis runs a script without
+`create`, `commit` and `delete` each run one Lua script. Redis runs a script without
 interleaving other commands, so the version check, the record write, the
 event append and the index update are one atomic step, and a failed check
 writes nothing.
@@ -49,7 +49,7 @@ _MAYBE_APPLIED = ". The write may have been applied, so reload the flow first"
 # Records loaded per round trip by `flows()`.
 _BATCH = 500
 
-# Both scripts check every key's type before the first write, because Redis
+# The scripts check every key's type before the first write, because Redis
 # does not roll back the writes of a script that fails halfway.
 _TYPE_CHECKS = """
 local expected = {'hash', 'list', 'zset'}
@@ -101,6 +101,25 @@ return 1
 """
 )
 
+# KEYS: flow hash, events list, index. ARGV: flow id, expected version or an
+# empty string for any version. Returns 1 when deleted, 0 when the stored
+# version differs, -1 when the flow does not exist.
+_DELETE_SCRIPT = (
+    _TYPE_CHECKS
+    + """
+local current = redis.call('HGET', KEYS[1], 'version')
+if not current then
+  return -1
+end
+if ARGV[2] ~= '' and current ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+)
+
 
 class RedisStore:
     """Keep flows and audit events in Redis, shared by every process using it.
@@ -147,6 +166,7 @@ class RedisStore:
         )
         self._create = self._client.register_script(_CREATE_SCRIPT)
         self._commit = self._client.register_script(_COMMIT_SCRIPT)
+        self._delete = self._client.register_script(_DELETE_SCRIPT)
         self._index = f"{prefix}flows"
         with self._reachable():
             self._client.ping()
@@ -212,6 +232,25 @@ class RedisStore:
             for raw in raw_records
             if raw is not None
         ]
+
+    def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
+        """Remove the flow's hash, its events list and its index entry at once.
+
+        Raises:
+            FlowNotFoundError: no such flow.
+            ConflictError: `expected_version` is given and differs from the
+                stored version; nothing is removed.
+        """
+        expected = "" if expected_version is None else str(expected_version)
+        with self._reachable(writing=True):
+            outcome = int(
+                self._delete(keys=self._keys(flow_id), args=[flow_id, expected])
+            )
+        if outcome == -1:
+            raise FlowNotFoundError(flow_id)
+        if outcome != 1:
+            assert expected_version is not None
+            raise ConflictError(flow_id, expected_version)
 
     def close(self) -> None:
         """Close the store's connections to Redis."""

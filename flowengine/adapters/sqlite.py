@@ -128,6 +128,25 @@ class SQLiteStore:
         )
         return [_record(row) for row in rows]
 
+    def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
+        """Remove the flow and its audit events in one transaction.
+
+        Raises:
+            FlowNotFoundError: no such flow.
+            ConflictError: `expected_version` is given and differs from the
+                stored version; nothing is removed.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT version FROM flows WHERE id = ?", (flow_id,)
+            ).fetchone()
+            if row is None:
+                raise FlowNotFoundError(flow_id)
+            if expected_version is not None and row[0] != expected_version:
+                raise ConflictError(flow_id, expected_version)
+            conn.execute("DELETE FROM audit_events WHERE flow_id = ?", (flow_id,))
+            conn.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
+
     def close(self) -> None:
         """Close this thread's connection."""
         conn = getattr(self._local, "conn", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import urllib.parse
@@ -85,6 +86,9 @@ class ClientConfig:
     expiry_leeway: float = 30.0
     pending_lifetime: float = 600.0
     refresh_lease: float = 30.0
+    # How long a flow in unauthorized, with its audit trail, is kept after
+    # its last change before `OAuthClient.purge` deletes it.
+    audit_retention: float = 30 * 86_400.0
     allow_insecure_http: bool = False
     store: str = dataclasses.field(default_factory=default_store_path)
 
@@ -135,9 +139,14 @@ class ClientConfig:
             "read_timeout",
             "pending_lifetime",
             "refresh_lease",
+            "audit_retention",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or math.isnan(value)
+            ):
                 raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0 seconds, not {value}")
