@@ -38,6 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug or an unforeseen failure: one readable line, and the
+        # traceback in the log when --verbose is set.
+        logger.debug("unexpected error", exc_info=True)
+        print(
+            f"flowengine: unexpected error: {type(exc).__name__}: "
+            f"{str(exc)[:200]}; run with --verbose for the traceback",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,7 +193,8 @@ def _add_store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         help="where flows are kept: a SQLite file path, sqlite:///path or memory: "
-        "(default: $XDG_STATE_HOME/flowengine/flows.sqlite3)",
+        "(default: $FLOWENGINE_STORE, else "
+        "$XDG_STATE_HOME/flowengine/flows.sqlite3)",
     )
 
 

@@ -7,12 +7,13 @@ state and audit trail always say how far the grant got.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flowengine.adapters.clock import SystemClock
@@ -22,6 +23,7 @@ from flowengine.errors import (
     ConfigError,
     ConflictError,
     DefinitionError,
+    FlowEngineError,
     FlowNotFoundError,
     InvalidTriggerError,
     OAuthError,
@@ -30,6 +32,7 @@ from flowengine.errors import (
     RemoteError,
     ResourceError,
     StateMismatchError,
+    StoreUnavailableError,
     TokenExpiredError,
     TransitionError,
     TransportError,
@@ -57,7 +60,7 @@ from flowengine.oauth.protocol import (
     token_request,
 )
 from flowengine.records import AuditEvent, FlowRecord
-from flowengine.redaction import abbreviate
+from flowengine.redaction import abbreviate, mask_exception
 
 if TYPE_CHECKING:
     from flowengine.adapters.http import HttpClient
@@ -119,6 +122,20 @@ def _http_client(config: ClientConfig) -> HttpClient:
     from flowengine.adapters.http import HttpClient
 
     return HttpClient(config.timeout)
+
+
+@contextlib.contextmanager
+def _masking(sent: Sequence[str | None]) -> Iterator[None]:
+    """Mask the secrets a request sent in any error its response causes.
+
+    Servers echo requests in error pages and descriptions, so an error built
+    from a response may carry the client secret, the code or a token.
+    """
+    try:
+        yield
+    except FlowEngineError as exc:
+        mask_exception(exc, [value for value in sent if value])
+        raise
 
 
 def _no_callback_expected(flow_id: str, exc: InvalidTriggerError) -> StateMismatchError:
@@ -390,15 +407,21 @@ class OAuthClient:
             self.config, record.data["code"], record.data["code_verifier"]
         )
         requested_at = self.clock.now()
+        sent_secrets = (
+            self.config.client_secret,
+            record.data["code"],
+            record.data["code_verifier"],
+        )
         try:
-            token = parse_token_response(self.http.send(request), requested_at)
+            with _masking(sent_secrets):
+                token = parse_token_response(self.http.send(request), requested_at)
         except OAuthError as exc:
             self.engine.fire(flow_id, "reject_code", error=exc)
             raise
         except (TransportError, ProtocolError) as exc:
             self.engine.fire(flow_id, "exchange_failed", error=exc)
             raise
-        return self.engine.fire(flow_id, "receive_token", token=token).record
+        return self._save_tokens(flow_id, "receive_token", token=token).record
 
     # --- using the token ---------------------------------------------------
 
@@ -458,9 +481,10 @@ class OAuthClient:
             ) from None
 
     def _call_resource(self, token: str) -> ResourceResult:
-        return read_resource_response(
-            self.http.send(resource_request(self.config, token))
-        )
+        with _masking((token,)):
+            return read_resource_response(
+                self.http.send(resource_request(self.config, token))
+            )
 
     def _usable(self, record: FlowRecord) -> bool:
         expires_at = record.data.get("expires_at")
@@ -553,10 +577,16 @@ class OAuthClient:
         assert previous is not None and previous.refresh_token
         request = refresh_request(self.config, previous.refresh_token)
         requested_at = self.clock.now()
+        sent_secrets = (
+            self.config.client_secret,
+            previous.refresh_token,
+            previous.access_token,
+        )
         try:
-            token = parse_token_response(
-                self.http.send(request), requested_at, previous
-            )
+            with _masking(sent_secrets):
+                token = parse_token_response(
+                    self.http.send(request), requested_at, previous
+                )
         except OAuthError as exc:
             trigger = (
                 "reject_refresh"
@@ -594,11 +624,37 @@ class OAuthClient:
         on a conflict would lose the only valid tokens. Retrying is safe
         because the lease guard still decides whether the trigger applies.
         """
+        return self._save_tokens(flow_id, trigger, **inputs)
+
+    def _save_tokens(self, flow_id: str, trigger: str, **inputs: Any) -> FireResult:
+        """Fire a trigger that saves what the token endpoint answered.
+
+        The server has already used the code or rotated the refresh token,
+        so the answer exists only in memory until it is saved: a conflict is
+        retried at once, and an unavailable store (such as a SQLite file
+        locked by another process) for up to `refresh_lease` seconds.
+        """
+        waited = 0.0
+        delay = 0.05
         for _ in range(_LEASE_HOLDER_ATTEMPTS - 1):
             try:
                 return self.engine.fire(flow_id, trigger, **inputs)
             except ConflictError:
                 logger.info("flow %s: %s retried after a conflict", flow_id, trigger)
+            except StoreUnavailableError as exc:
+                if waited >= self.config.refresh_lease:
+                    logger.error(
+                        "flow %s: the token endpoint's answer to %s could not be "
+                        "saved and is lost; a new grant is needed: %s",
+                        flow_id,
+                        trigger,
+                        exc,
+                    )
+                    raise
+                logger.warning("flow %s: %s retried: %s", flow_id, trigger, exc)
+                self._sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 1.0)
         return self.engine.fire(flow_id, trigger, **inputs)
 
     # --- the rest ----------------------------------------------------------

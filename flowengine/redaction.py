@@ -7,7 +7,7 @@ whatever its shape, so a new field never leaks through a forgotten check.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "[secure]"
@@ -99,3 +99,47 @@ def abbreviate(token: str | None) -> str:
     if len(token) < 16:
         return MASK
     return f"{token[:4]}…({len(token)} chars)"
+
+
+# Values shorter than this are not masked by value: a short value (such as
+# a one-letter code in a test) would also mask ordinary words.
+_MIN_MASKED_LENGTH = 8
+
+
+def mask_values(text: str, values: Iterable[str]) -> str:
+    """Return `text` with each known secret value masked wherever it appears.
+
+    Also masks the values' form-encoded and percent-encoded spellings, as a
+    server that echoes a request writes them. Values shorter than 8
+    characters are left alone.
+    """
+    for value in sorted(set(values), key=len, reverse=True):
+        if len(value) < _MIN_MASKED_LENGTH:
+            continue
+        spellings = {
+            value,
+            urllib.parse.quote_plus(value),
+            urllib.parse.quote(value, safe=""),
+        }
+        for spelling in spellings:
+            text = text.replace(spelling, MASK)
+    return text
+
+
+def mask_exception(error: BaseException, values: Iterable[str]) -> None:
+    """Mask known secret values in an error's message and text attributes.
+
+    Servers echo what they receive, so an error built from a response can
+    carry the client secret, a code or a token that the client sent.
+    """
+    secrets_ = [v for v in values if v]
+    if not secrets_:
+        return
+    error.args = tuple(
+        mask_values(arg, secrets_) if isinstance(arg, str) else arg
+        for arg in error.args
+    )
+    for name in ("error_description", "error_uri", "excerpt"):
+        value = getattr(error, name, None)
+        if isinstance(value, str):
+            setattr(error, name, mask_values(value, secrets_))

@@ -697,7 +697,7 @@ def test_unknown_path_shows_404_page(demo: Demo) -> None:
     assert_readable_error(page, 404)
 
 
-def test_broken_store_shows_plain_500(
+def test_broken_store_shows_plain_503(
     make_demo: Callable[..., Demo],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -711,11 +711,12 @@ def test_broken_store_shows_plain_500(
 
     with caplog.at_level(logging.ERROR, logger="flowengine.web"):
         page = browser.get("/")
-    assert_readable_error(page, 500)
-    assert "failed unexpectedly" in page.text("error-message")
+    assert_readable_error(page, 503)
+    assert "cannot read or save flows" in page.text("error-message")
     assert "audit_events" not in page.html
+    assert str(tmp_path) not in page.html
     logged = [r for r in caplog.records if r.name.startswith("flowengine.web")]
-    assert any(record.exc_info for record in logged)
+    assert any("audit_events" in record.getMessage() for record in logged)
 
 
 # --- secrets ------------------------------------------------------------------------

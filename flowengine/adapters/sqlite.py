@@ -7,14 +7,17 @@ processes on one host can share the file safely.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
-from flowengine.errors import ConflictError, FlowNotFoundError
+from flowengine.errors import ConflictError, FlowNotFoundError, StoreUnavailableError
 from flowengine.records import AuditEvent, FlowRecord
 
 _SCHEMA = """
@@ -46,6 +49,47 @@ _EVENT_COLUMNS = (
 )
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _translate_errors(method: _Method) -> _Method:
+    """Raise StoreUnavailableError for a locked, damaged or unreadable store.
+
+    A locked database ("database is locked" after the busy timeout) and a
+    damaged file or row are not the caller's fault, and their raw sqlite3
+    or JSON errors would name neither the store nor the fix.
+    """
+
+    @functools.wraps(method)
+    def call(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"SQLite store {self.path} cannot be used ({exc}); if another "
+                "process holds a long write lock, retry once it is released"
+            ) from exc
+        except sqlite3.IntegrityError:
+            raise
+        except (sqlite3.DatabaseError, ValueError, KeyError) as exc:
+            raise StoreUnavailableError(
+                f"SQLite store {self.path} is damaged or is not a flowengine "
+                f"store ({type(exc).__name__}: {str(exc)[:100]}); restore it "
+                "from a backup or point the store setting at another file"
+            ) from exc
+
+    return cast(_Method, call)
+
+
+def _create_private_file(path: Path) -> None:
+    # The store holds tokens, state values and PKCE verifiers, so a new file
+    # and folder are readable by their owner only. SQLite gives its -wal and
+    # -shm files the database file's permissions.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 class SQLiteStore:
     """Keep flows and audit events in one SQLite database file.
 
@@ -59,12 +103,18 @@ class SQLiteStore:
         self.path = str(path)
         self.timeout = timeout
         if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.path = str(Path(self.path).expanduser())
+            _create_private_file(Path(self.path))
         self._local = threading.local()
+        self._create_schema()
+
+    @_translate_errors
+    def _create_schema(self) -> None:
         # executescript() first commits any open transaction, so it cannot run
         # inside _transaction. Each CREATE ... IF NOT EXISTS is atomic alone.
         self._connection().executescript(_SCHEMA)
 
+    @_translate_errors
     def create(self, record: FlowRecord, event: AuditEvent) -> None:
         with self._transaction() as conn:
             try:
@@ -76,6 +126,7 @@ class SQLiteStore:
                 raise ConflictError(record.id, -1) from exc
             _insert_event(conn, event)
 
+    @_translate_errors
     def load(self, flow_id: str) -> FlowRecord:
         row = (
             self._connection()
@@ -86,6 +137,7 @@ class SQLiteStore:
             raise FlowNotFoundError(flow_id)
         return _record(row)
 
+    @_translate_errors
     def commit(self, record: FlowRecord, event: AuditEvent) -> None:
         with self._transaction() as conn:
             cursor = conn.execute(
@@ -109,6 +161,7 @@ class SQLiteStore:
                 raise ConflictError(record.id, record.version - 1)
             _insert_event(conn, event)
 
+    @_translate_errors
     def events(self, flow_id: str) -> list[AuditEvent]:
         conn = self._connection()
         rows = conn.execute(
@@ -120,6 +173,7 @@ class SQLiteStore:
             self.load(flow_id)
         return [_event(row) for row in rows]
 
+    @_translate_errors
     def flows(self) -> list[FlowRecord]:
         rows = (
             self._connection()
@@ -128,6 +182,7 @@ class SQLiteStore:
         )
         return [_record(row) for row in rows]
 
+    @_translate_errors
     def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
         """Remove the flow and its audit events in one transaction.
 

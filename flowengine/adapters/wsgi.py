@@ -85,7 +85,12 @@ class BackgroundServer:
             return
         # The sockets are closed inside the server thread: closing them from
         # here races with its poll() and raises "Bad file descriptor".
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(server_map))
+        try:
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(server_map))
+        except OSError:
+            # The loop already closed its trigger while shutting down, so
+            # nothing races with closing the remaining sockets here.
+            wasyncore.close_all(server_map)
         self._thread.join(timeout)
         logger.info("%s stopped", self.name)
 

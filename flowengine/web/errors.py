@@ -27,6 +27,7 @@ from flowengine.errors import (
     RemoteError,
     ResourceError,
     StateMismatchError,
+    StoreUnavailableError,
     TokenExpiredError,
     TransitionError,
     TransportError,
@@ -91,6 +92,15 @@ def describe_error(exc: FlowEngineError) -> ErrorPage:
         return _protocol_error_page(exc)
     if isinstance(exc, ResourceError):
         return _resource_error_page(exc)
+    if isinstance(exc, StoreUnavailableError):
+        # The details (file path, database message) go to the log only.
+        return ErrorPage(
+            503,
+            "The client's store is unavailable",
+            "The client cannot read or save flows right now.",
+            "Try again later; the operator finds the cause in the client's log.",
+            exc.code,
+        )
     for kind, status, title in _STATUS_AND_TITLE:
         if isinstance(exc, kind):
             return ErrorPage(status, title, str(exc), _hint(exc), exc.code)
