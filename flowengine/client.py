@@ -86,6 +86,9 @@ REQUIRED_TRIGGERS = (
 # §5.2); any other failure keeps it for a retry.
 _REFRESH_TOKEN_DEAD = frozenset({"invalid_grant", "unauthorized_client"})
 
+# Attempts at expiring a token while other callers append audit events.
+_EXPIRE_ATTEMPTS = 5
+
 # Attempts at saving a refresh outcome; each conflict means another writer
 # saved the flow in between, so this bounds the retries of a storm.
 _LEASE_HOLDER_ATTEMPTS = 50
@@ -493,12 +496,30 @@ class OAuthClient:
         return bool(self.clock.now() < float(expires_at) - self.config.expiry_leeway)
 
     def _expire(self, flow_id: str, record: FlowRecord, reason: str) -> None:
-        try:
-            self.engine.fire(flow_id, "expire", reason=reason)
-        except (ConflictError, InvalidTriggerError):
-            # Another caller moved the flow first; the refresh path reads
-            # the new state.
-            logger.info("flow %s: already moved on from %s", flow_id, record.state)
+        """Expire the token that `record` holds, and no newer one.
+
+        The expiry is a compare-and-set on the version read: a caller with a
+        stale read must not expire a token that another caller has just
+        refreshed, which would cause a second refresh.
+        """
+        token = record.data.get("access_token")
+        for _ in range(_EXPIRE_ATTEMPTS):
+            try:
+                self.engine.fire(
+                    flow_id, "expire", expected_version=record.version, reason=reason
+                )
+                return
+            except InvalidTriggerError:
+                break
+            except ConflictError:
+                record = self.engine.load(flow_id)
+                if record.state != "token_held":
+                    break
+                if record.data.get("access_token") != token:
+                    break
+        # Another caller moved the flow first; the refresh path reads the
+        # new state.
+        logger.info("flow %s: already moved on from %s", flow_id, record.state)
 
     # --- refresh -----------------------------------------------------------
 

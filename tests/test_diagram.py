@@ -30,6 +30,7 @@ from flowengine import diagram
 from flowengine.adapters.memory import MemoryStore
 from flowengine.definition import FlowDefinition, load_definition
 from flowengine.grant import REGISTRY
+from flowengine.web import view
 
 SIX_STATES = (
     "unauthorized",
@@ -52,6 +53,8 @@ def no_dot_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
+    # The web page caches drawn pictures; drop those drawn by earlier tests.
+    view._cached_svg.cache_clear()
 
 
 @pytest.fixture

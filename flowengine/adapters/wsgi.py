@@ -25,6 +25,9 @@ class BackgroundServer:
         host: the address to bind; the default is loopback only.
         port: the TCP port, or 0 for a free port chosen by the system.
         threads: worker threads that run requests.
+        connection_limit: open connections, idle keep-alive ones included,
+            beyond which the server stops accepting (waitress's default of
+            100 stalls a load of more than 100 keep-alive clients).
         name: a label for log lines.
     """
 
@@ -35,13 +38,19 @@ class BackgroundServer:
         host: str = "127.0.0.1",
         port: int = 0,
         threads: int = 8,
+        connection_limit: int = 1000,
         name: str = "server",
     ) -> None:
         self.name = name
         # The waitress stubs lack the attributes used here, so the server is Any.
         try:
             server: Any = create_server(
-                app, host=host, port=port, threads=threads, ident=f"flowengine {name}"
+                app,
+                host=host,
+                port=port,
+                threads=threads,
+                connection_limit=connection_limit,
+                ident=f"flowengine {name}",
             )
         except OSError as exc:
             raise OSError(

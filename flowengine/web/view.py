@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -225,7 +226,7 @@ def describe_diagram(definition: FlowDefinition, state: str) -> DiagramView:
     and shown as the reason next to the Mermaid text.
     """
     try:
-        document = diagram.svg(definition, state)
+        document = _cached_svg(definition, state)
     except diagram.DiagramError as exc:
         log_diagram_error(exc, "shown as Mermaid text")
         return DiagramView(
@@ -240,6 +241,13 @@ def describe_diagram(definition: FlowDefinition, state: str) -> DiagramView:
     # the flow definition, never values from a request or a server.
     element = document[document.index("<svg") :]
     return DiagramView(state=state, svg=Markup(element))  # noqa: S704
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_svg(definition: FlowDefinition, state: str) -> str:
+    # Running Graphviz takes 12-25 ms, most of a page view, and the picture
+    # depends only on the definition and the state. Failures are not cached.
+    return diagram.svg(definition, state)
 
 
 def log_diagram_error(exc: diagram.DiagramError, consequence: str) -> None:
