@@ -22,10 +22,11 @@ File format::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.resources
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +276,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # keys from a "<<" merge may be overridden on purpose
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if not isinstance(key, Hashable):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found a {_kind(key)} used as a key, where a name is expected",
+                    key_node.start_mark,
+                )
+            if not isinstance(key, str | int | float | bool):
+                continue  # the validator rejects any key that is not a name
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping",
                     node.start_mark,
@@ -378,7 +388,8 @@ class _Validator:
         if not items and not allow_empty:
             raise self.fail(path, "the list is empty", "name at least one state")
         names = [self.name(item, f"{path}[{i}]") for i, item in enumerate(items)]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = collections.Counter(names)
+        duplicates = sorted(name for name, count in counts.items() if count > 1)
         if duplicates:
             raise self.fail(
                 path, f"{', '.join(duplicates)} listed twice", "list each name once"
@@ -410,13 +421,15 @@ class _Validator:
                 f"expected a non-empty list of transitions, found {_kind(raw)}",
                 "write one '- trigger: ...' item per transition",
             )
+        # A dict keeps the states in order for messages and finds one in O(1).
+        known = dict.fromkeys(states)
         return [
-            self.transition(item, f"transitions[{i}]", states)
+            self.transition(item, f"transitions[{i}]", known)
             for i, item in enumerate(raw)
         ]
 
     def transition(
-        self, raw: object, path: str, states: Sequence[str]
+        self, raw: object, path: str, states: Mapping[str, None]
     ) -> TransitionSpec:
         row = self.mapping(raw, path, _TRANSITION_KEYS)
         for key in ("trigger", "source", "dest"):
@@ -472,12 +485,15 @@ class _Validator:
         # transitions tries rows of one trigger and source in table order, so
         # a row whose guards include every guard of an earlier row (an
         # unguarded row, the same guards in any order) can never fire.
-        seen: dict[tuple[str, str], list[tuple[int, tuple[str, ...]]]] = {}
+        # NOTE: rows are compared in pairs per trigger and source, so thousands
+        # of rows for one trigger and source take seconds to check.
+        seen: dict[tuple[str, str], list[tuple[int, frozenset[str]]]] = {}
         for index, spec in enumerate(transitions):
+            guards = frozenset(spec.conditions)
             for source in spec.sources:
                 earlier = seen.setdefault((spec.trigger, source), [])
                 for other, conditions in earlier:
-                    if set(conditions) <= set(spec.conditions):
+                    if conditions <= guards:
                         raise self.fail(
                             f"transitions[{index}]",
                             f"trigger {spec.trigger!r} from {source!r} is shadowed "
@@ -486,19 +502,22 @@ class _Validator:
                             "remove the duplicate or give the earlier row "
                             "distinct conditions",
                         )
-                earlier.append((index, spec.conditions))
+                earlier.append((index, guards))
 
     def check_reachable(
         self, initial: str, states: Sequence[str], transitions: Sequence[TransitionSpec]
     ) -> None:
+        destinations: dict[str, set[str]] = collections.defaultdict(set)
+        for spec in transitions:
+            for source in spec.sources:
+                destinations[source].add(spec.dest)
         reached = {initial}
         frontier = [initial]
         while frontier:
             state = frontier.pop()
-            for spec in transitions:
-                if state in spec.sources and spec.dest not in reached:
-                    reached.add(spec.dest)
-                    frontier.append(spec.dest)
+            for dest in destinations[state] - reached:
+                reached.add(dest)
+                frontier.append(dest)
         unreachable = [s for s in states if s not in reached]
         if unreachable:
             raise self.fail(

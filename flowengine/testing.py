@@ -44,6 +44,7 @@ from flowengine.definition import FlowDefinition, Registry
 from flowengine.engine import Clock, Engine, FireResult, replay
 from flowengine.errors import FlowEngineError, InvalidTriggerError, TransportError
 from flowengine.oauth.http import HttpRequest, HttpResponse
+from flowengine.oauth.protocol import MAX_TOKEN_LIFETIME
 from flowengine.records import AuditEvent, FlowRecord
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "clock_moves",
     "flow_state_machine",
     "json_response",
+    "scopes",
     "scripted_timeout",
     "token_responses",
 ]
@@ -290,6 +292,9 @@ class ScriptedHttp:
 # RFC 6750 §2.1 b64token: the characters a bearer token may contain.
 _B64TOKEN_CHARS = string.ascii_letters + string.digits + "-._~+/"
 
+# RFC 6749 §3.3: a scope token is printable ASCII except space, '"' and '\'.
+_SCOPE_TOKEN_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"\\')
+
 # RFC 6749 §A.7: an OAuth error code is printable ASCII except '"' and '\'.
 _ERROR_CODE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
 
@@ -321,6 +326,12 @@ def bearer_tokens(*, max_size: int = 64) -> st.SearchStrategy[str]:
         st.integers(min_value=500, max_value=5_000),
     )
     return st.one_of(short, short, short, long)
+
+
+def scopes(*, max_tokens: int = 4) -> st.SearchStrategy[str]:
+    """Generate scope values: RFC 6749 §3.3 scope tokens joined by spaces."""
+    scope_token = st.text(_SCOPE_TOKEN_CHARS, min_size=1, max_size=16)
+    return st.lists(scope_token, max_size=max_tokens).map(" ".join)
 
 
 def _error_codes() -> st.SearchStrategy[str]:
@@ -606,15 +617,20 @@ def _success_responses(
     access = draw(access_tokens)
     refresh = draw(st.one_of(st.none(), refresh_tokens))
     lifetime = draw(lifetimes)
+    # The parser reads an expires_in above MAX_TOKEN_LIFETIME as unknown.
+    expected = lifetime
+    if lifetime is not None and lifetime > MAX_TOKEN_LIFETIME:
+        expected = None
     token_type = draw(st.sampled_from(["Bearer", "bearer", "BEARER"]))
     status = draw(st.sampled_from([200, 200, 200, 201]))
     fields = {"access_token": access, "token_type": token_type}
     if refresh is not None:
         fields["refresh_token"] = refresh
     if draw(st.booleans()):
-        fields["scope"] = draw(_plain_text())
+        fields["scope"] = draw(scopes())
     if draw(st.booleans()):
-        return _form_success(draw, fields, status, access, refresh, lifetime)
+        form = _form_success(draw, fields, status, access, refresh, lifetime)
+        return dataclasses.replace(form, lifetime=expected)
 
     texts = [(key, json.dumps(value)) for key, value in fields.items()]
     expires_in = draw(_expires_in_json(lifetime))
@@ -625,14 +641,14 @@ def _success_responses(
     order = draw(st.permutations(texts))
     body = _json_object_text(order).encode("utf-8")
     media_type = draw(st.sampled_from(_JSON_TYPES))
-    label = "JSON token" if lifetime is not None else "JSON token, unknown lifetime"
+    label = "JSON token" if expected is not None else "JSON token, unknown lifetime"
     return TokenResponseCase(
         _response(status, media_type, body),
         "token",
         label,
         access,
         refresh,
-        lifetime,
+        expected,
     )
 
 
@@ -828,6 +844,8 @@ def token_responses(
         refresh_tokens: values for refresh_token, which is sometimes left
             out; b64token text by default.
         lifetimes: token lifetimes in seconds, None for an unknown lifetime.
+            A lifetime above MAX_TOKEN_LIFETIME (ten years) is expected to
+            parse as unknown.
         error_codes: OAuth error codes; standard and made-up codes by default.
         outcomes: which outcomes to generate.
     """

@@ -23,6 +23,7 @@ from flowengine.errors import (
 )
 from flowengine.oauth.http import HttpResponse
 from flowengine.oauth.protocol import (
+    MAX_TOKEN_LIFETIME,
     TokenRejected,
     TokenSet,
     parse_bearer_challenge,
@@ -36,6 +37,7 @@ from flowengine.testing import (
     TokenResponseCase,
     bearer_tokens,
     callbacks,
+    scopes,
     token_responses,
 )
 
@@ -166,8 +168,8 @@ def test_token_responses_parse_as_generated(
 @given(
     access_token=bearer_tokens(),
     refresh_token=st.none() | bearer_tokens(),
-    lifetime=st.none() | st.integers(min_value=0, max_value=10**9),
-    scope=st.none() | texts,
+    lifetime=st.none() | st.integers(min_value=0, max_value=MAX_TOKEN_LIFETIME),
+    scope=st.none() | scopes(),
 )
 def test_token_json_round_trips(
     access_token: str,
@@ -256,12 +258,13 @@ def test_form_token_repeated_fields_raise_typed_errors(
 @given(value=json_values)
 @example(value=10**400)
 @example(value=float("nan"))
+@example(value=1e308)
 def test_expires_in_is_unknown_or_finite_lifetime(value: object) -> None:
     lifetime = parse_expires_in(value)
 
     if lifetime is not None:
         assert lifetime >= 0
-        assert lifetime < float("inf")
+        assert lifetime <= MAX_TOKEN_LIFETIME
 
 
 def test_deeply_nested_error_page_raises_protocol_error() -> None:

@@ -112,9 +112,19 @@ class ClientConfig:
             )
 
     def _check_text_fields(self) -> None:
+        if not isinstance(self.client_id, str):
+            raise ConfigError(
+                f"client_id must be text, not {self.client_id!r}; quote it in "
+                "the configuration file"
+            )
+        if not isinstance(self.client_secret, str):
+            # The value is a secret, so only its type is named.
+            raise ConfigError(
+                f"client_secret must be text, not {type(self.client_secret).__name__}"
+                "; quote it in the configuration file"
+            )
         for name in ("client_id", "client_secret"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
+            if not getattr(self, name):
                 raise ConfigError(f"{name} is missing; set it in the configuration")
         for name in ("scope", "resource_method", "token_auth_method", "store"):
             value = getattr(self, name)
@@ -141,21 +151,11 @@ class ClientConfig:
             "refresh_lease",
             "audit_retention",
         ):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or math.isnan(value)
-            ):
-                raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+            value = _finite_seconds(name, getattr(self, name))
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0 seconds, not {value}")
-        leeway = self.expiry_leeway
-        if (
-            isinstance(leeway, bool)
-            or not isinstance(leeway, int | float)
-            or leeway < 0
-        ):
+        leeway = _finite_seconds("expiry_leeway", self.expiry_leeway)
+        if leeway < 0:
             raise ConfigError(
                 f"expiry_leeway must be 0 or more seconds, not {leeway!r}"
             )
@@ -182,6 +182,27 @@ class ClientConfig:
     def replace(self, **changes: Any) -> ClientConfig:
         """Return a copy with `changes` applied and validated."""
         return dataclasses.replace(self, **changes)
+
+
+def _finite_seconds(name: str, value: object) -> float:
+    """Return `value` if it is a finite number, or raise ConfigError naming `name`.
+
+    YAML reads `.nan` and `.inf` as floats. NaN compares false with every
+    limit and infinity overflows socket timeouts, so both are rejected here.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:
+        # An integer of hundreds of digits has no float value.
+        finite = False
+    if not finite:
+        raise ConfigError(
+            f"{name} must be a finite number of seconds, not {value!r}; "
+            "write a number such as 30"
+        )
+    return value
 
 
 def is_loopback_host(host: str) -> bool:

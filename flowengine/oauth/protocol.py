@@ -24,6 +24,7 @@ from flowengine.redaction import (
     abbreviate,
     redact_mapping,
     redact_query,
+    redact_url,
 )
 
 EXCERPT_LENGTH = 200
@@ -43,6 +44,19 @@ _SECRET_IN_TEXT = re.compile(
 )
 
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+# RFC 6749 §A.17: a refresh token is one or more VSCHAR, printable ASCII.
+_REFRESH_TOKEN_CHARS = re.compile(r"[\x20-\x7e]+")
+
+# RFC 6749 §3.3: scope tokens of %x21 / %x23-5B / %x5D-7E, separated by spaces.
+_SCOPE_CHARS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+# Ten years of 365 days, in seconds. A longer expires_in counts as unknown.
+MAX_TOKEN_LIFETIME = 315_360_000
+
+# A callback with more parameters is rejected. Like parse_qsl, the check
+# counts one parameter more than there are '&' separators.
+MAX_CALLBACK_PARAMETERS = 50
 
 _CALLBACK_FIELDS = ("code", "state", "error", "error_description", "error_uri", "iss")
 
@@ -125,11 +139,23 @@ def parse_callback(url_or_query: str) -> Callback:
             query = urllib.parse.urlsplit(url_or_query).query
         except ValueError as exc:
             raise ProtocolError(f"callback URL is malformed ({exc})") from exc
+    if query.count("&") + 1 > MAX_CALLBACK_PARAMETERS:
+        raise ProtocolError(
+            f"callback has more than {MAX_CALLBACK_PARAMETERS} parameters; open "
+            "the callback URL that the authorization server redirected to"
+        )
     try:
         pairs = urllib.parse.parse_qsl(
-            query, keep_blank_values=True, errors="strict", max_num_fields=50
+            query,
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=MAX_CALLBACK_PARAMETERS,
         )
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            "callback query contains a percent-escape that is not UTF-8"
+        ) from exc
+    except ValueError as exc:
         raise ProtocolError(
             f"callback query is not valid form encoding ({type(exc).__name__})"
         ) from exc
@@ -236,9 +262,11 @@ def parse_token_response(
 
     Raises:
         OAuthError: the body is an OAuth error, whatever the status.
-        ProtocolError: the body is not a JSON or form object, or it lacks
-            or mistypes a required field.
+        ProtocolError: the endpoint redirected, the body is not a JSON or
+            form object, or a field is missing, mistyped or invalid.
     """
+    if 300 <= response.status < 400:
+        raise _redirected(response)
     body = _decode_token_body(response)
     if "error" in body:
         raise _oauth_error(body, response.status)
@@ -249,6 +277,25 @@ def parse_token_response(
             excerpt=_excerpt(response),
         )
     return _token_set(body, requested_at, previous, response.status)
+
+
+def _redirected(response: HttpResponse) -> ProtocolError:
+    # The client does not follow redirects: a POST that is redirected may be
+    # resent elsewhere with the client's credentials, or turned into a GET.
+    location = response.header("location")
+    if location is None:
+        target = "no Location header"
+    else:
+        try:
+            target = repr(redact_url(location)[:EXCERPT_LENGTH])
+        except ValueError:
+            target = "an invalid Location header"
+    error = ProtocolError(
+        f"token endpoint redirected (HTTP {response.status}) to {target}; "
+        "configure the final token endpoint URL"
+    )
+    error.status = response.status
+    return error
 
 
 def _decode_token_body(response: HttpResponse) -> dict[str, Any]:
@@ -326,9 +373,22 @@ def _token_set(
     refresh_token = body.get("refresh_token")
     if not isinstance(refresh_token, str) or not refresh_token:
         refresh_token = previous.refresh_token if previous else None
+    elif not _REFRESH_TOKEN_CHARS.fullmatch(refresh_token):
+        raise ProtocolError(
+            "token response has an invalid 'refresh_token' (it must be "
+            "printable ASCII, RFC 6749 §A.17)",
+            status=status,
+        )
     scope = body.get("scope")
     if not isinstance(scope, str):
         scope = previous.scope if previous else None
+    elif not _SCOPE_CHARS.fullmatch(scope):
+        raise ProtocolError(
+            f"token response has an invalid 'scope' {scope[:EXCERPT_LENGTH]!r} "
+            "(RFC 6749 §3.3 allows printable ASCII except '\"' and '\\', with "
+            "scope tokens separated by spaces)",
+            status=status,
+        )
     lifetime = parse_expires_in(body.get("expires_in"))
     expires_at = None if lifetime is None else requested_at + lifetime
     return TokenSet(access_token, "Bearer", expires_at, refresh_token, scope)
@@ -340,6 +400,12 @@ def parse_expires_in(value: object) -> float | None:
     Accepts a non-negative number or a numeric string ("3600"); anything
     else (null, "", -1, true, NaN) means an unknown lifetime rather than an
     error, because RFC 6749 §5.1 makes the field optional.
+
+    A lifetime above MAX_TOKEN_LIFETIME (ten years) is unknown too. It is no
+    usable expiry for an access token, and an expiry time far enough ahead
+    (1e308 s, or past the year 9999) cannot be converted to a date: datetime
+    raises OverflowError, which would break every page and command that
+    shows the flow.
     """
     if isinstance(value, bool):
         return None
@@ -355,7 +421,7 @@ def parse_expires_in(value: object) -> float | None:
     except OverflowError:
         # A JSON integer of hundreds of digits has no float value.
         return None
-    if not math.isfinite(lifetime) or lifetime < 0:
+    if not math.isfinite(lifetime) or not 0 <= lifetime <= MAX_TOKEN_LIFETIME:
         return None
     return lifetime
 
