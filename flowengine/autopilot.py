@@ -103,17 +103,20 @@ def run_grant(
     say(f"flow {flow_id} created")
     url = client.start(flow_id)
     say("opening the authorization page and approving, as the user would")
+    say(f"waiting for the callback to {client.config.redirect_uri}…")
     with requests.Session() as browser:
         browser.trust_env = False
         callback_url = approve(browser, url)
 
-    say("waiting for the callback… it arrived; exchanging the code")
+    say("callback received; exchanging the code for a token")
     client.handle_callback(flow_id, callback_url)
+    say(f"calling the protected resource at {client.config.resource_url}…")
     data = client.fetch_resource(flow_id).json()
     say(f"resource data: {data}")
 
     say("expiring the access token on the authorization server")
     expire_on_server()
+    say("calling the resource again; its 401 makes the client refresh…")
     data = client.fetch_resource(flow_id).json()
     say(f"resource data after the refresh: {data}")
     return flow_id

@@ -2,7 +2,7 @@
 
 `OAuthClient` does the I/O: it sends the requests that the protocol code
 builds, then fires the flow's triggers with what came back, so the flow's
-state and audit trail always say how far the grant got.
+state and audit trail always record how far the grant got.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ _LEASE_HOLDER_ATTEMPTS = 50
 
 @dataclasses.dataclass(frozen=True)
 class FlowStatus:
-    """What a user may see of a flow: no secret, the token abbreviated."""
+    """The parts of a flow a user may see: no secret, the token abbreviated."""
 
     flow_id: str
     state: str
@@ -527,7 +527,7 @@ class OAuthClient:
         """Refresh the access token now, even if it has not expired yet.
 
         Raises:
-            TokenExpiredError: the flow holds no refresh token.
+            TokenExpiredError: the flow has no refresh token.
             OAuthError: the refresh token was rejected; the flow goes back to
                 unauthorized.
             TransportError, ProtocolError: the refresh failed; the refresh
@@ -547,7 +547,7 @@ class OAuthClient:
         lease runs out.
         """
         # The wait is counted in the delays slept, not read from the clock,
-        # so an injected clock that stands still cannot make it endless.
+        # so an injected clock that never advances cannot make it endless.
         patience = wait if wait is not None else self.config.refresh_lease * 2
         waited = 0.0
         delay = 0.01
@@ -560,7 +560,7 @@ class OAuthClient:
                 return self._checked_token(record)
             if record.state not in ("expired", "refreshing"):
                 raise TokenExpiredError(
-                    f"flow {flow_id} holds no token (state {record.state!r}); "
+                    f"flow {flow_id} has no token (state {record.state!r}); "
                     "start a new grant"
                 )
             if waited >= patience:
@@ -648,10 +648,10 @@ class OAuthClient:
         return self._save_tokens(flow_id, trigger, **inputs)
 
     def _save_tokens(self, flow_id: str, trigger: str, **inputs: Any) -> FireResult:
-        """Fire a trigger that saves what the token endpoint answered.
+        """Fire a trigger that saves the token endpoint's response.
 
         The server has already used the code or rotated the refresh token,
-        so the answer exists only in memory until it is saved: a conflict is
+        so the response exists only in memory until it is saved: a conflict is
         retried at once, and an unavailable store (such as a SQLite file
         locked by another process) for up to `refresh_lease` seconds.
         """
@@ -665,7 +665,7 @@ class OAuthClient:
             except StoreUnavailableError as exc:
                 if waited >= self.config.refresh_lease:
                     logger.error(
-                        "flow %s: the token endpoint's answer to %s could not be "
+                        "flow %s: the token endpoint's response to %s could not be "
                         "saved and is lost; a new grant is needed: %s",
                         flow_id,
                         trigger,
