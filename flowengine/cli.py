@@ -365,15 +365,44 @@ def _run_audit(args: argparse.Namespace) -> int:
     from flowengine.adapters.stores import open_store
 
     store = open_store(_config_from(args).store)
-    for event in store.events(args.flow_id):
-        if args.json:
+    events = store.events(args.flow_id)
+    if args.json:
+        for event in events:
             print(json.dumps(event.to_dict(), sort_keys=True))
-        else:
-            print(
-                f"{event.sequence:>4}  {event.time}  {event.trigger:<16} "
-                f"{event.source or '-':<18} → {event.destination:<18} {event.outcome}"
+        return 0
+
+    print(
+        _AUDIT_ROW.format(
+            "#",
+            "time (UTC)",
+            "trigger",
+            "source",
+            "",
+            "destination",
+            "outcome",
+            "details",
+        )
+    )
+    for event in events:
+        # Details are redacted when saved; repr() keeps any control
+        # characters in server-provided text off the terminal.
+        details = ", ".join(f"{k}={v!r}" for k, v in sorted(event.details.items()))
+        print(
+            _AUDIT_ROW.format(
+                event.sequence,
+                event.time,
+                event.trigger,
+                event.source or "-",
+                "→",
+                event.destination,
+                event.outcome,
+                details,
             )
+        )
     return 0
+
+
+_AUDIT_ROW = "{:>4}  {:<27}  {:<16} {:<18} {:1} {:<18} {:<20} {}"
 
 
 def _run_diagram(args: argparse.Namespace) -> int:

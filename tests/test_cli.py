@@ -111,6 +111,10 @@ def test_audit_table_shows_every_transition(auto_demo: tuple[Path, str]) -> None
     table = run_cli("audit", flow_id, "--store", str(store)).stdout
     for trigger in ("create", "start", "receive_code", "expire", "refresh"):
         assert trigger in table
+    header = table.splitlines()[0].split()
+    assert header[:3] == ["#", "time", "(UTC)"]
+    assert header[-1] == "details"
+    assert "scope='foo bar'" in table
 
 
 def test_audit_of_unknown_flow_fails_clearly(tmp_path: Path) -> None:
