@@ -26,6 +26,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from flowengine.adapters.rows import (
+    EVENT_COLUMNS,
+    FLOW_COLUMNS,
+    event_from_row,
+    event_row,
+    flow_row,
+    record_from_row,
+)
 from flowengine.errors import (
     ConfigError,
     ConflictError,
@@ -49,10 +57,8 @@ _MAYBE_APPLIED = ". The write may have been applied, so reload the flow first"
 # PostgreSQL cuts longer identifiers, so two long schema names could clash.
 _MAX_IDENTIFIER_BYTES = 63
 
-_FLOW_COLUMNS = sql.SQL("id, definition, state, version, created_at, updated_at, data")
-_EVENT_COLUMNS = sql.SQL(
-    "flow_id, sequence, time, trigger, source, destination, outcome, details"
-)
+_FLOW_COLUMNS = sql.SQL(", ".join(FLOW_COLUMNS))
+_EVENT_COLUMNS = sql.SQL(", ".join(EVENT_COLUMNS))
 
 _CREATE_FLOWS = """
 CREATE TABLE IF NOT EXISTS {flows} (
@@ -155,8 +161,8 @@ class PostgresStore:
         return f"PostgresStore({self._location!r}, schema={self.schema!r})"
 
     def create(self, record: FlowRecord, event: AuditEvent) -> None:
-        row = _flow_row(record)
-        event_row = _event_row(event)
+        row = flow_row(record)
+        event_values = event_row(event)
         with self._transaction(writing=True) as conn:
             inserted = conn.execute(
                 sql.SQL(
@@ -168,7 +174,7 @@ class PostgresStore:
             )
             if inserted.rowcount != 1:
                 raise ConflictError(record.id, -1)
-            self._insert_event(conn, event_row)
+            self._insert_event(conn, event_values)
 
     def load(self, flow_id: str) -> FlowRecord:
         with self._transaction() as conn:
@@ -180,11 +186,11 @@ class PostgresStore:
             ).fetchone()
         if row is None:
             raise FlowNotFoundError(flow_id)
-        return _record(row)
+        return record_from_row(row)
 
     def commit(self, record: FlowRecord, event: AuditEvent) -> None:
         data = json.dumps(dict(record.data))
-        event_row = _event_row(event)
+        event_values = event_row(event)
         with self._transaction(writing=True) as conn:
             updated = conn.execute(
                 sql.SQL(
@@ -202,7 +208,7 @@ class PostgresStore:
             )
             if updated.rowcount != 1:
                 self._raise_missing_or_conflict(conn, record)
-            self._insert_event(conn, event_row)
+            self._insert_event(conn, event_values)
 
     def events(self, flow_id: str) -> list[AuditEvent]:
         with self._transaction() as conn:
@@ -215,7 +221,7 @@ class PostgresStore:
             ).fetchall()
         if not rows:
             self.load(flow_id)
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     def flows(self) -> list[FlowRecord]:
         """Return every flow, the least recently updated first."""
@@ -225,7 +231,7 @@ class PostgresStore:
                     columns=_FLOW_COLUMNS, flows=self._flows
                 )
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
         """Remove the flow and its audit events in one transaction.
@@ -408,55 +414,3 @@ def _table(schema: str | None, name: str) -> sql.Identifier:
     if schema is None:
         return sql.Identifier(name)
     return sql.Identifier(schema, name)
-
-
-def _flow_row(record: FlowRecord) -> tuple[object, ...]:
-    return (
-        record.id,
-        record.definition,
-        record.state,
-        record.version,
-        record.created_at,
-        record.updated_at,
-        json.dumps(dict(record.data)),
-    )
-
-
-def _record(row: tuple[Any, ...]) -> FlowRecord:
-    flow_id, definition, state, version, created, updated, data = row
-    return FlowRecord(
-        id=flow_id,
-        definition=definition,
-        state=state,
-        version=int(version),
-        created_at=float(created),
-        updated_at=float(updated),
-        data=data,
-    )
-
-
-def _event_row(event: AuditEvent) -> tuple[object, ...]:
-    return (
-        event.flow_id,
-        event.sequence,
-        event.time,
-        event.trigger,
-        event.source,
-        event.destination,
-        event.outcome,
-        json.dumps(dict(event.details)),
-    )
-
-
-def _event(row: tuple[Any, ...]) -> AuditEvent:
-    flow_id, sequence, time, trigger, source, destination, outcome, details = row
-    return AuditEvent(
-        flow_id=flow_id,
-        sequence=int(sequence),
-        time=time,
-        trigger=trigger,
-        source=source,
-        destination=destination,
-        outcome=outcome,
-        details=details,
-    )

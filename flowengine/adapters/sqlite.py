@@ -17,6 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from flowengine.adapters.rows import (
+    EVENT_COLUMNS,
+    FLOW_COLUMNS,
+    event_from_row,
+    event_row,
+    flow_row,
+    record_from_row,
+)
 from flowengine.errors import ConflictError, FlowNotFoundError, StoreUnavailableError
 from flowengine.records import AuditEvent, FlowRecord
 
@@ -43,10 +51,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 """
 
-_FLOW_COLUMNS = "id, definition, state, version, created_at, updated_at, data"
-_EVENT_COLUMNS = (
-    "flow_id, sequence, time, trigger, source, destination, outcome, details"
-)
+_FLOW_COLUMNS = ", ".join(FLOW_COLUMNS)
+_EVENT_COLUMNS = ", ".join(EVENT_COLUMNS)
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -120,7 +126,7 @@ class SQLiteStore:
             try:
                 conn.execute(
                     f"INSERT INTO flows ({_FLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    _flow_row(record),
+                    flow_row(record),
                 )
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(record.id, -1) from exc
@@ -135,7 +141,7 @@ class SQLiteStore:
         )
         if row is None:
             raise FlowNotFoundError(flow_id)
-        return _record(row)
+        return record_from_row(row)
 
     @_translate_errors
     def commit(self, record: FlowRecord, event: AuditEvent) -> None:
@@ -171,7 +177,7 @@ class SQLiteStore:
         ).fetchall()
         if not rows:
             self.load(flow_id)
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     @_translate_errors
     def flows(self) -> list[FlowRecord]:
@@ -180,7 +186,7 @@ class SQLiteStore:
             .execute(f"SELECT {_FLOW_COLUMNS} FROM flows ORDER BY updated_at")
             .fetchall()
         )
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     @_translate_errors
     def delete(self, flow_id: str, *, expected_version: int | None = None) -> None:
@@ -232,56 +238,8 @@ class SQLiteStore:
         conn.execute("COMMIT")
 
 
-def _flow_row(record: FlowRecord) -> tuple[object, ...]:
-    return (
-        record.id,
-        record.definition,
-        record.state,
-        record.version,
-        record.created_at,
-        record.updated_at,
-        json.dumps(dict(record.data)),
-    )
-
-
-def _record(row: tuple[object, ...]) -> FlowRecord:
-    flow_id, definition, state, version, created, updated, data = row
-    return FlowRecord(
-        id=str(flow_id),
-        definition=str(definition),
-        state=str(state),
-        version=int(version),  # type: ignore[call-overload]
-        created_at=float(created),  # type: ignore[arg-type]
-        updated_at=float(updated),  # type: ignore[arg-type]
-        data=json.loads(str(data)),
-    )
-
-
 def _insert_event(conn: sqlite3.Connection, event: AuditEvent) -> None:
     conn.execute(
         f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.flow_id,
-            event.sequence,
-            event.time,
-            event.trigger,
-            event.source,
-            event.destination,
-            event.outcome,
-            json.dumps(dict(event.details)),
-        ),
-    )
-
-
-def _event(row: tuple[object, ...]) -> AuditEvent:
-    flow_id, sequence, time, trigger, source, destination, outcome, details = row
-    return AuditEvent(
-        flow_id=str(flow_id),
-        sequence=int(sequence),  # type: ignore[call-overload]
-        time=str(time),
-        trigger=str(trigger),
-        source=None if source is None else str(source),
-        destination=str(destination),
-        outcome=str(outcome),
-        details=json.loads(str(details)),
+        event_row(event),
     )
