@@ -284,15 +284,7 @@ class Engine:
         return replay(self.definition, self.store.events(flow_id))
 
     def _save(self, record: FlowRecord, trigger: str, run: Run) -> FireResult:
-        new = FlowRecord(
-            id=record.id,
-            definition=record.definition,
-            state=run.state,
-            version=record.version + 1,
-            created_at=record.created_at,
-            updated_at=run.now,
-            data=run.data,
-        )
+        new = record.next_version(run.state, run.data, run.now)
         event = self._event(
             new, trigger, record.state, run.outcome, run.details, run.now
         )
@@ -311,15 +303,7 @@ class Engine:
     def _save_failure(
         self, record: FlowRecord, trigger: str, run: Run, error: FlowEngineError
     ) -> None:
-        new = FlowRecord(
-            id=record.id,
-            definition=record.definition,
-            state=record.state,
-            version=record.version + 1,
-            created_at=record.created_at,
-            updated_at=run.now,
-            data=record.data,
-        )
+        new = record.next_version(record.state, record.data, run.now)
         details = {**run.details, "error": type(error).__name__}
         event = self._event(new, trigger, record.state, error.code, details, run.now)
         try:

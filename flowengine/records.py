@@ -37,6 +37,22 @@ class FlowRecord:
             f"data={redact_mapping(self.data)!r})"
         )
 
+    def next_version(
+        self, state: str, data: Mapping[str, Any], updated_at: float
+    ) -> FlowRecord:
+        """Return the record that one saved transition makes of this one."""
+        # The constructor is called directly because this runs on every
+        # transition, and dataclasses.replace inspects every field each time.
+        return FlowRecord(
+            id=self.id,
+            definition=self.definition,
+            state=state,
+            version=self.version + 1,
+            created_at=self.created_at,
+            updated_at=updated_at,
+            data=data,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Return the record as JSON-ready values, secrets included."""
         return {
