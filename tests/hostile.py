@@ -260,3 +260,15 @@ def refused_port() -> Iterator[int]:
         yield holder.getsockname()[1]
     finally:
         holder.close()
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago.
+
+    For servers that must know their own port before they start, such as a
+    demo whose issuer URL names it. Another process could take the port in
+    between, which is unlikely on a test machine.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

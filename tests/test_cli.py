@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostile import free_port
 
 SIX_STATES = (
     "unauthorized",
@@ -29,12 +30,6 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         timeout=timeout,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

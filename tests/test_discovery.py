@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 import requests
+from hostile import free_port
 
 from flowengine.adapters.memory import MemoryStore
 from flowengine.adapters.wsgi import BackgroundServer
@@ -167,9 +167,7 @@ def test_config_with_issuer_has_no_demo_endpoints() -> None:
 def demo() -> Iterator[tuple[BackgroundServer, BackgroundServer, DemoDatabase]]:
     database = DemoDatabase()
     # The issuer must be known before the server starts, so find a free port.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings = DemoSettings(
         issuer=f"http://127.0.0.1:{port}", redirect_uris=(REDIRECT_URI,)
     )

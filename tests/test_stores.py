@@ -14,13 +14,13 @@ import functools
 import multiprocessing
 import os
 import secrets
-import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import hostile
 import pytest
 
 from flowengine.adapters.memory import MemoryStore
@@ -239,9 +239,8 @@ def postgres_backend(tmp_path: Path) -> Iterator[Backend]:
 @pytest.fixture
 def refused_port() -> Iterator[int]:
     """Return a loopback port that is bound but not listening, so connects fail."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
+    with hostile.refused_port() as port:
+        yield port
 
 
 # --- the contract of every store -------------------------------------------

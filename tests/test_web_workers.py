@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from hostile import free_port
 from test_stores import SHARED_KINDS, Backend, backend_for
 
 from flowengine.adapters.wsgi import BackgroundServer
@@ -24,12 +24,6 @@ from flowengine.demo import (
     create_authorization_server,
     create_resource_server,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(params=SHARED_KINDS)
