@@ -93,7 +93,7 @@ def run_grant(
     Args:
         client: the client, configured for the demo servers.
         expire_on_server: makes the authorization server treat every access
-            token as expired, so the resource answers 401.
+            token as expired, so the resource returns 401.
         say: prints one line of progress.
 
     Returns:

@@ -448,7 +448,7 @@ class OAuthClient:
         """Call the protected resource with the flow's bearer token.
 
         On a 401 the flow moves to expired and, with a refresh token, through
-        one refresh and one retry; a second 401 is an error, never a loop.
+        one refresh and one retry. A second 401 is an error, never a loop.
 
         Raises:
             TokenExpiredError: no usable token and no refresh possible.
@@ -651,9 +651,10 @@ class OAuthClient:
         """Fire a trigger that saves the token endpoint's response.
 
         The server has already used the code or rotated the refresh token,
-        so the response exists only in memory until it is saved: a conflict is
-        retried at once, and an unavailable store (such as a SQLite file
-        locked by another process) for up to `refresh_lease` seconds.
+        so the response exists only in memory until it is saved. A conflict
+        is retried at once. An unavailable store, such as a SQLite file
+        locked by another process, is retried for up to `refresh_lease`
+        seconds.
         """
         waited = 0.0
         delay = 0.05

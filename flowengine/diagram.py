@@ -1,7 +1,7 @@
 """Draw a flow definition as a state diagram, from the loaded definition.
 
 The picture comes from transitions' own diagram support on a separate graph
-machine, so the engine's shared machine never holds a model. Mermaid text
+machine, so the engine's shared machine never keeps a model. Mermaid text
 needs nothing else. DOT source needs the Python package `graphviz`, and SVG
 also needs Graphviz's `dot` program on PATH.
 """

@@ -179,11 +179,11 @@ class ProtocolError(RemoteError):
 
 
 class StoreUnavailableError(RemoteError):
-    """The shared store (Redis or PostgreSQL) cannot be reached or used.
+    """A store cannot be reached, is locked, or is damaged.
 
-    The message names the server's host and port, never its password. The
-    flow is unchanged as far as this caller knows; retry once the store is
-    back.
+    The message names the SQLite file or the server's host and port, never
+    a password. The flow may or may not have changed, so reload it once the
+    store is back.
     """
 
     code = "store_unavailable"

@@ -143,7 +143,7 @@ def has_error(run: Run) -> bool:
 def has_refresh_token(run: Run) -> bool:
     if not run.data.get("refresh_token"):
         raise TransitionError(
-            f"flow {run.flow_id} holds no refresh token; start a new grant",
+            f"flow {run.flow_id} has no refresh token; start a new grant",
             code="no_refresh_token",
         )
     return True

@@ -86,7 +86,7 @@ class AuditEvent:
     `sequence` counts the flow's events from 0 (the creation event).
     `time` is an ISO 8601 UTC timestamp. `outcome` is "ok" or the error code
     of the failure. `source` is None only for the creation event. `details`
-    holds redacted, JSON-ready facts about the transition.
+    contains redacted, JSON-ready facts about the transition.
     """
 
     flow_id: str

@@ -1,7 +1,7 @@
 """Redaction of secrets by name, for reprs, logs, errors and audit details.
 
 A value is secret when its key or query parameter is one of SECRET_NAMES,
-whatever its shape, so a new field never leaks through a forgotten check.
+whatever its shape, so a new field is masked without a check of its own.
 """
 
 from __future__ import annotations

@@ -1178,7 +1178,7 @@ def test_form_encoded_token_response_is_accepted() -> None:
     assert data["scope"] == "foo bar"
 
 
-def test_json_error_page_as_text_plain_is_protocol_error() -> None:
+def test_text_plain_error_page_is_protocol_error() -> None:
     """RFC 6749 §5.2: an error is a JSON object with `error`; this is not one.
 
     A 500 whose body is JSON labelled text/plain becomes a ProtocolError with

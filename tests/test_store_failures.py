@@ -153,7 +153,7 @@ def test_locked_store_is_unavailable_error(tmp_path: Path) -> None:
 
 
 def test_tokens_saved_once_store_lock_ends(tmp_path: Path) -> None:
-    """The code is spent once the server answers, so the save is retried."""
+    """The code is spent once the server responds, so the save is retried."""
     store = LockedStore(tmp_path / "flows.sqlite3")
     client, http, flow_id, callback = started(store)
     reply = {"access_token": ACCESS_TOKEN, "token_type": "Bearer"}

@@ -77,7 +77,7 @@ class HttpClient:
         """Send `request` and return the whole response.
 
         Redirects are not followed: a token endpoint or resource that
-        redirects is answered as it is.
+        redirects gets its redirect response back unchanged.
 
         Raises:
             TransportError: connection failure, timeout, reset or a response

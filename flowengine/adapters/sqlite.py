@@ -73,7 +73,7 @@ def _translate_errors(method: _Method) -> _Method:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailableError(
                 f"SQLite store {self.path} cannot be used ({exc}); if another "
-                "process holds a long write lock, retry once it is released"
+                "process has a long write lock, retry once it is released"
             ) from exc
         except sqlite3.IntegrityError:
             raise
@@ -88,7 +88,7 @@ def _translate_errors(method: _Method) -> _Method:
 
 
 def _create_private_file(path: Path) -> None:
-    # The store holds tokens, state values and PKCE verifiers, so a new file
+    # The store contains tokens, state values and PKCE verifiers, so a new file
     # and folder are readable by their owner only. SQLite gives its -wal and
     # -shm files the database file's permissions.
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

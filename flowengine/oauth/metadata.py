@@ -34,9 +34,9 @@ class ServerMetadata:
 def metadata_requests(issuer: str) -> list[HttpRequest]:
     """Return the metadata requests to try for `issuer`, in order.
 
-    First RFC 8414 §3.1, where the well-known segment goes between the host
-    and the issuer's path; then OpenID Connect Discovery 1.0 §4, where it is
-    appended to the issuer.
+    The first follows RFC 8414 §3.1, which puts the well-known segment
+    between the host and the issuer's path. The second follows OpenID
+    Connect Discovery 1.0 §4, which appends it to the issuer.
     """
     parts = urllib.parse.urlsplit(issuer)
     path = parts.path.rstrip("/")

@@ -272,7 +272,7 @@ def parse_token_response(
         raise _oauth_error(body, response.status)
     if not 200 <= response.status < 300:
         raise ProtocolError(
-            "token endpoint answered with an error status but no OAuth error",
+            "token endpoint returned an error status without an OAuth error",
             status=response.status,
             excerpt=_excerpt(response),
         )
@@ -397,7 +397,7 @@ def _token_set(
 def parse_expires_in(value: object) -> float | None:
     """Return a token lifetime in seconds, or None when it is unknown.
 
-    Accepts a non-negative number or a numeric string ("3600"); anything
+    Accepts a non-negative number or a numeric string ("3600"). Anything
     else (null, "", -1, true, NaN) means an unknown lifetime rather than an
     error, because RFC 6749 §5.1 makes the field optional.
 
@@ -438,7 +438,7 @@ def resource_request(config: ClientConfig, access_token: str) -> HttpRequest:
 def parse_bearer_challenge(header: str | None) -> dict[str, str]:
     """Return the auth-params of a Bearer `WWW-Authenticate` challenge.
 
-    RFC 6750 §3. Returns an empty dict when the header is missing or holds
+    RFC 6750 §3. Returns an empty dict when the header is missing or contains
     no Bearer challenge.
     """
     if not header:
@@ -480,7 +480,7 @@ class ResourceResult:
 
 
 class TokenRejected(Exception):
-    """The resource answered 401: the token is expired, revoked or unknown.
+    """The resource returned 401: the token is expired, revoked or unknown.
 
     Internal signal for the client, which then refreshes at most once.
     """
@@ -506,14 +506,14 @@ def read_resource_response(response: HttpResponse) -> ResourceResult:
         scope = challenge.get("scope")
         needed = f"; it requires scope {scope!r}" if scope else ""
         raise ResourceError(
-            f"resource refused the token with {error}{needed}",
+            f"resource rejected the token with {error}{needed}",
             status=403,
             error=error,
             scope=scope,
         )
     if not 200 <= response.status < 300:
         raise ResourceError(
-            f"resource answered HTTP {response.status}: {_excerpt(response)!r}",
+            f"resource returned HTTP {response.status}: {_excerpt(response)!r}",
             status=response.status,
             error=challenge.get("error"),
         )

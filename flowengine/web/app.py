@@ -247,7 +247,7 @@ class ClientPages:
     def _startable_flow(self) -> str:
         """Return the session's flow if it can start a grant, else a new flow.
 
-        A flow that holds a token cannot start a grant, and one that awaits
+        A flow that has a token cannot start a grant, and one that awaits
         a callback may belong to another tab of the same browser, so both
         get a new flow. The old flow keeps its tokens and audit trail.
         """
